@@ -1,0 +1,80 @@
+"""``deepselfie``: one command, a subcommand per stage.
+
+Each stage module registers its subcommands with ``register(subparsers, common)`` and gives each a
+``func(args, cfg) -> int | None``. Stage modules import their heavy dependencies inside ``func`` so
+that ``deepselfie --help`` stays fast. A UserError ends in one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .config import load_config
+from .console import setup_logging
+from .errors import UserError
+
+# The modules that register subcommands, in the order --help lists them.
+STAGE_MODULES = [
+]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``deepselfie train: error: ... (see --help)``, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The global options every stage takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("global options")
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="config file (default: config.yaml when present, else built-in defaults)")
+    g.add_argument("--data-dir", metavar="DIR", default=None,
+                   help="where the catalog, images, LMDBs and runs go (default: paths.data_dir)")
+    g.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                   dest="overrides", help="override a config value (repeatable; typed like YAML)")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return common
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="deepselfie",
+                    description="What a deep neural network thinks about your #selfie: "
+                                "scrape, filter faces, label, train and score.")
+    parser.add_argument("--version", action="version", version=f"deepselfie {__version__}")
+    sub = parser.add_subparsers(title="stages", dest="command", metavar="COMMAND",
+                                parser_class=Parser)
+    common = common_options()
+    for name in STAGE_MODULES:
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    setup_logging(args.verbose, args.quiet)
+    prog = f"deepselfie {args.command}"
+    try:
+        cfg = load_config(args.config or "config.yaml", data_dir=args.data_dir,
+                          overrides=args.overrides, required=args.config is not None)
+        rc = args.func(args, cfg)
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""config.yaml: every path and threshold of every stage, validated against one schema.
+
+The schema below is the single source of keys, types and defaults; config.yaml at the project root
+spells the same defaults out with comments (a test keeps the two equal). Loading order: schema
+defaults, then the YAML file, then ``--set section.key=value`` overrides (values typed like YAML),
+then ``--data-dir``. An unknown key or a wrong type raises UserError naming the file and the key.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import pathlib
+from dataclasses import dataclass
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its type (int, float, str, bool, list, dict), default and help text."""
+
+    type: type
+    default: object
+    help: str = ""
+    nullable: bool = False
+    choices: tuple = ()
+    item: type | None = None  # element type of a list
+
+
+def _k(type_, default, help="", **kw):
+    return Key(type_, default, help, **kw)
+
+
+# Each stage owns its section. Keep config.yaml in step (tests/test_config.py checks it).
+SCHEMA: dict[str, dict[str, Key]] = {
+    "paths": {
+        "data_dir": _k(str, "data", "catalog.sqlite, images/, runs/ and LMDBs live here"),
+        "models_dir": _k(str, None, "downloaded and converted weights; default <data_dir>/models",
+                         nullable=True),
+    },
+    "runtime": {
+        "backend": _k(str, "torch", "engine for Caffe nets", choices=("torch", "caffe")),
+        "device": _k(str, "auto", "auto, cpu, cuda or cuda:N"),
+        "fast": _k(bool, False, "bf16 autocast and channels_last (inexact, faster)"),
+        "threads": _k(int, 0, "CPU threads for torch; 0 keeps torch's default"),
+    },
+}
+
+
+def schema_defaults() -> dict:
+    return {sec: {k: key.default for k, key in keys.items()} for sec, keys in SCHEMA.items()}
+
+
+class Section(dict):
+    """A config section: a dict whose keys also read as attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Config(dict):
+    """The validated configuration: ``cfg.label.min_followers`` or ``cfg["label"]["..."]``."""
+
+    source: str | None = None
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def data_dir(self) -> pathlib.Path:
+        return pathlib.Path(os.path.expanduser(self["paths"]["data_dir"]))
+
+    @property
+    def models_dir(self) -> pathlib.Path:
+        md = self["paths"]["models_dir"]
+        return pathlib.Path(os.path.expanduser(md)) if md else self.data_dir / "models"
+
+    @property
+    def catalog_path(self) -> pathlib.Path:
+        return self.data_dir / "catalog.sqlite"
+
+    @property
+    def images_dir(self) -> pathlib.Path:
+        return self.data_dir / "images"
+
+    @property
+    def runs_dir(self) -> pathlib.Path:
+        return self.data_dir / "runs"
+
+
+def _type_name(t):
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list", dict: "a mapping"}[t]
+
+
+def _check_value(value, key: Key, where: str, name: str):
+    """Return value coerced to key's type, or raise UserError naming where and name."""
+    if value is None:
+        if key.nullable:
+            return None
+        raise UserError(f"must be {_type_name(key.type)}, not null", path=where, field=name)
+    t = key.type
+    ok = isinstance(value, t) and not (t in (int, float) and isinstance(value, bool))
+    if t is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise UserError(f"must be {_type_name(t)}, not {value!r}", path=where, field=name)
+    if key.choices and value not in key.choices:
+        raise UserError(f"must be one of {', '.join(map(str, key.choices))}, not {value!r}",
+                        path=where, field=name)
+    if t is list and key.item is not None:
+        item_key = Key(key.item, None)
+        value = [_check_value(v, item_key, where, f"{name}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _unknown(name: str, known, where: str):
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return UserError(f"unknown key{hint}", path=where, field=name)
+
+
+def _merge(cfg: dict, data, where: str):
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise UserError("must be a mapping of sections", path=where, field="(top level)")
+    for sec, values in data.items():
+        if sec not in SCHEMA:
+            raise _unknown(str(sec), SCHEMA, where)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise UserError("must be a mapping of keys", path=where, field=str(sec))
+        for name, value in values.items():
+            full = f"{sec}.{name}"
+            if name not in SCHEMA[sec]:
+                raise _unknown(full, [f"{sec}.{k}" for k in SCHEMA[sec]], where)
+            cfg[sec][name] = _check_value(value, SCHEMA[sec][name], where, full)
+
+
+def parse_override(text: str):
+    """'section.key=value' -> ('section', 'key', value typed like YAML)."""
+    if "=" not in text:
+        raise UserError("expected section.key=value", path="--set", field=text)
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise UserError("expected section.key=value", path="--set", field=text)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise UserError(f"value is not valid YAML ({e.problem})", path="--set", field=dotted)
+    return parts[0], parts[1], value
+
+
+def load_config(path: str | os.PathLike | None = "config.yaml", *, data_dir=None,
+                overrides=(), required: bool = False) -> Config:
+    """Defaults <- YAML file <- ``--set`` overrides <- ``--data-dir``.
+
+    A missing file is an error when ``required`` (the user named it); otherwise the defaults apply.
+    """
+    cfg = Config({sec: Section(vals) for sec, vals in schema_defaults().items()})
+    if path is not None:
+        p = pathlib.Path(path)
+        if p.is_file():
+            try:
+                data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                loc = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+                raise UserError(f"not valid YAML: {getattr(e, 'problem', e)}", path=loc)
+            except (OSError, UnicodeDecodeError) as e:
+                raise UserError(f"cannot read: {e}", path=p)
+            _merge(cfg, data, str(p))
+            cfg.source = str(p)
+        elif required or p.exists():
+            raise UserError("config file not found", path=p)
+    for text in overrides:
+        sec, name, value = parse_override(text)
+        _merge(cfg, {sec: {name: value}}, "--set")
+    if data_dir is not None:
+        cfg["paths"]["data_dir"] = str(data_dir)
+    return cfg

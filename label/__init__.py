@@ -1,0 +1,1 @@
+"""Stage 3: follower-normalized like-rank labels, author-disjoint splits, Caffe LMDBs and the mean."""

@@ -1,0 +1,340 @@
+"""The catalog: one embedded SQLite file (WAL) that every stage reads and writes.
+
+Stages exchange data only through this file and the image store, so any stage can be rerun alone.
+The schema is versioned with ``PRAGMA user_version``; MIGRATIONS[i] takes version i to i + 1.
+Append a migration to change it; never edit one that has landed.
+
+Tables
+  authors    one row per account (acct as the home server spells it, e.g. alice@example.org)
+  posts      one row per post, keyed by ``uri`` (the identity across servers)
+  media      a post's image attachments in order; ``sha256`` is set once downloaded
+  images     the content-addressed store: images/<aa>/<sha256>.<ext>, decoded size
+  downloads  the outcome of each media download attempt (ok / failed / skipped, with a reason)
+  cursors    the resume point per (server, tag)
+  runs       one row per stage run: when, arguments, summary
+  faces      detected faces per image (by sha256), one row per face
+  face_scans which images the face stage has looked at, with the face count
+  labels     the label stage's output per post (group, rank, label, split), per label run
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import pathlib
+import sqlite3
+from dataclasses import dataclass, field
+
+from deepselfie.errors import UserError
+
+MIGRATIONS = [
+    # 0 -> 1: the whole first schema
+    """
+    CREATE TABLE authors (
+        id          INTEGER PRIMARY KEY,
+        acct        TEXT NOT NULL UNIQUE,
+        followers   INTEGER,
+        indexable   INTEGER,          -- 1, 0 or NULL (unknown)
+        noindex     INTEGER,
+        updated_at  TEXT
+    );
+    CREATE TABLE posts (
+        id          INTEGER PRIMARY KEY,
+        uri         TEXT NOT NULL UNIQUE,
+        author_id   INTEGER NOT NULL REFERENCES authors(id),
+        server      TEXT NOT NULL,    -- the server the counts were read from
+        status_id   TEXT,             -- the id on that server
+        url         TEXT,
+        created_at  TEXT NOT NULL,    -- ISO-8601, UTC
+        fetched_at  TEXT NOT NULL,
+        followers   INTEGER NOT NULL, -- author's followers when fetched
+        likes       INTEGER NOT NULL, -- favourites_count
+        reblogs     INTEGER NOT NULL DEFAULT 0,
+        tags        TEXT NOT NULL,    -- JSON list of lower-case tag names
+        sensitive   INTEGER NOT NULL DEFAULT 0,
+        source      TEXT NOT NULL     -- mastodon | folder | ...
+    );
+    CREATE INDEX posts_author ON posts(author_id);
+    CREATE TABLE images (
+        sha256      TEXT PRIMARY KEY,
+        path        TEXT NOT NULL,    -- relative to the data dir: images/ab/<sha256>.jpg
+        width       INTEGER NOT NULL,
+        height      INTEGER NOT NULL,
+        bytes       INTEGER NOT NULL,
+        format      TEXT NOT NULL
+    );
+    CREATE TABLE media (
+        id          INTEGER PRIMARY KEY,
+        post_id     INTEGER NOT NULL REFERENCES posts(id),
+        position    INTEGER NOT NULL,
+        url         TEXT,
+        width       INTEGER,          -- as the server claims (meta.original)
+        height      INTEGER,
+        sha256      TEXT REFERENCES images(sha256),
+        UNIQUE (post_id, position)
+    );
+    CREATE TABLE downloads (
+        media_id    INTEGER PRIMARY KEY REFERENCES media(id),
+        status      TEXT NOT NULL,    -- ok | failed | skipped
+        reason      TEXT,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE TABLE cursors (
+        server      TEXT NOT NULL,
+        tag         TEXT NOT NULL,
+        state       TEXT NOT NULL,    -- JSON: next url / max_id, pages, done
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (server, tag)
+    );
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY,
+        stage       TEXT NOT NULL,
+        started_at  TEXT NOT NULL,
+        finished_at TEXT,
+        status      TEXT NOT NULL DEFAULT 'running',   -- running | done | failed | interrupted
+        args        TEXT,             -- JSON
+        summary     TEXT              -- JSON
+    );
+    CREATE TABLE face_scans (
+        sha256      TEXT PRIMARY KEY REFERENCES images(sha256),
+        n_faces     INTEGER NOT NULL,
+        largest_share REAL,           -- largest face box area / image area
+        detector    TEXT NOT NULL,
+        scanned_at  TEXT NOT NULL
+    );
+    CREATE TABLE faces (
+        sha256      TEXT NOT NULL REFERENCES images(sha256),
+        idx         INTEGER NOT NULL,
+        x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+        score       REAL NOT NULL,
+        landmarks   TEXT,             -- JSON [[x, y] x 5]
+        PRIMARY KEY (sha256, idx)
+    );
+    CREATE TABLE labels (
+        label_run   TEXT NOT NULL,    -- the run folder's name
+        post_id     INTEGER NOT NULL REFERENCES posts(id),
+        audience    REAL NOT NULL,
+        grp         INTEGER NOT NULL,
+        rank        INTEGER NOT NULL,
+        label       INTEGER NOT NULL,
+        split       TEXT NOT NULL,
+        PRIMARY KEY (label_run, post_id)
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def utcnow() -> str:
+    """Now as ISO-8601 UTC with seconds: 2026-11-29T17:40:32+00:00."""
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def to_iso(value) -> str:
+    """A datetime or ISO string (Z or offset) -> canonical ISO-8601 UTC string."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass
+class MediaRecord:
+    url: str | None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class PostRecord:
+    """A post as every source yields it."""
+
+    uri: str
+    author: str
+    followers: int
+    likes: int
+    created_at: str
+    fetched_at: str
+    server: str
+    tags: list[str] = field(default_factory=list)
+    reblogs: int = 0
+    sensitive: bool = False
+    status_id: str | None = None
+    url: str | None = None
+    source: str = "mastodon"
+    media: list[MediaRecord] = field(default_factory=list)
+
+
+class Catalog:
+    """The SQLite catalog. ``with Catalog(path) as cat: ...`` commits on success."""
+
+    def __init__(self, path, *, create: bool = True):
+        self.path = pathlib.Path(path)
+        if not create and not self.path.exists():
+            raise UserError("no catalog here: run `deepselfie scrape` first", path=self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"not a usable catalog ({e})", path=self.path) from None
+
+    # ------------------------------------------------------------ plumbing
+    def _migrate(self):
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise UserError(f"catalog schema v{version} is newer than this program's "
+                            f"v{SCHEMA_VERSION}: upgrade deepselfie", path=self.path)
+        for v in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                for stmt in MIGRATIONS[v].split(";"):
+                    if stmt.strip():
+                        self.db.execute(stmt)
+                self.db.execute(f"PRAGMA user_version = {v + 1}")
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); nests as a no-op."""
+        if self.db.in_transaction:
+            yield self.db
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def execute(self, sql, params=()):
+        return self.db.execute(sql, params)
+
+    def close(self):
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    # ------------------------------------------------------------ writes
+    def upsert_author(self, acct: str, followers: int | None = None, *, indexable=None,
+                      noindex=None) -> int:
+        now = utcnow()
+        self.db.execute(
+            """INSERT INTO authors (acct, followers, indexable, noindex, updated_at)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT(acct) DO UPDATE SET
+                 followers = COALESCE(excluded.followers, followers),
+                 indexable = COALESCE(excluded.indexable, indexable),
+                 noindex = COALESCE(excluded.noindex, noindex),
+                 updated_at = excluded.updated_at""",
+            (acct, followers, None if indexable is None else int(indexable),
+             None if noindex is None else int(noindex), now))
+        return self.db.execute("SELECT id FROM authors WHERE acct = ?", (acct,)).fetchone()[0]
+
+    def upsert_post(self, post: PostRecord) -> tuple[int, bool]:
+        """Insert or refresh a post (counts, fetched_at) and its media; -> (post id, is new)."""
+        with self.transaction():
+            author_id = self.upsert_author(post.author, post.followers)
+            row = self.db.execute("SELECT id FROM posts WHERE uri = ?", (post.uri,)).fetchone()
+            values = (author_id, post.server, post.status_id, post.url, to_iso(post.created_at),
+                      to_iso(post.fetched_at), int(post.followers), int(post.likes),
+                      int(post.reblogs), json.dumps(sorted({t.lower() for t in post.tags})),
+                      int(bool(post.sensitive)), post.source)
+            if row is None:
+                cur = self.db.execute(
+                    """INSERT INTO posts (author_id, server, status_id, url, created_at,
+                       fetched_at, followers, likes, reblogs, tags, sensitive, source, uri)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""", values + (post.uri,))
+                post_id, new = cur.lastrowid, True
+            else:
+                post_id, new = row[0], False
+                self.db.execute(
+                    """UPDATE posts SET author_id=?, server=?, status_id=?, url=?, created_at=?,
+                       fetched_at=?, followers=?, likes=?, reblogs=?, tags=?, sensitive=?,
+                       source=? WHERE uri=?""", values + (post.uri,))
+            for pos, m in enumerate(post.media):
+                self.db.execute(
+                    """INSERT INTO media (post_id, position, url, width, height)
+                       VALUES (?, ?, ?, ?, ?)
+                       ON CONFLICT(post_id, position) DO UPDATE SET url = excluded.url,
+                         width = excluded.width, height = excluded.height""",
+                    (post_id, pos, m.url, m.width, m.height))
+        return post_id, new
+
+    def add_image(self, sha256: str, path: str, width: int, height: int, nbytes: int,
+                  fmt: str) -> None:
+        self.db.execute(
+            """INSERT OR IGNORE INTO images (sha256, path, width, height, bytes, format)
+               VALUES (?, ?, ?, ?, ?, ?)""", (sha256, path, width, height, nbytes, fmt))
+
+    def record_download(self, media_id: int, status: str, reason: str | None = None, *,
+                        sha256: str | None = None, attempts: int = 1) -> None:
+        """Record a download outcome; with status ok, link the media row to its image."""
+        with self.transaction():
+            if sha256 is not None:
+                self.db.execute("UPDATE media SET sha256 = ? WHERE id = ?", (sha256, media_id))
+            self.db.execute(
+                """INSERT INTO downloads (media_id, status, reason, attempts, updated_at)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT(media_id) DO UPDATE SET status = excluded.status,
+                     reason = excluded.reason, attempts = downloads.attempts + excluded.attempts,
+                     updated_at = excluded.updated_at""",
+                (media_id, status, reason, attempts, utcnow()))
+
+    def start_run(self, stage: str, args: dict | None = None) -> int:
+        cur = self.db.execute("INSERT INTO runs (stage, started_at, args) VALUES (?, ?, ?)",
+                              (stage, utcnow(), json.dumps(args or {}, default=str)))
+        return cur.lastrowid
+
+    def finish_run(self, run_id: int, summary: dict, status: str = "done") -> None:
+        self.db.execute("UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
+                        (utcnow(), status, json.dumps(summary, default=str), run_id))
+
+    # ------------------------------------------------------------ reads
+    def counts(self) -> dict:
+        q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
+        return {
+            "posts": q("SELECT COUNT(*) FROM posts"),
+            "authors": q("SELECT COUNT(*) FROM authors"),
+            "media": q("SELECT COUNT(*) FROM media"),
+            "images": q("SELECT COUNT(*) FROM images"),
+            "downloads_ok": q("SELECT COUNT(*) FROM downloads WHERE status = 'ok'"),
+            "downloads_failed": q("SELECT COUNT(*) FROM downloads WHERE status = 'failed'"),
+            "downloads_skipped": q("SELECT COUNT(*) FROM downloads WHERE status = 'skipped'"),
+            "face_scans": q("SELECT COUNT(*) FROM face_scans"),
+            "images_with_faces": q("SELECT COUNT(*) FROM face_scans WHERE n_faces > 0"),
+            "labeled_posts": q("SELECT COUNT(DISTINCT post_id) FROM labels"),
+        }
+
+    def iter_posts(self):
+        """Every post with its author and images, as export writes it (dicts, by post id)."""
+        rows = self.db.execute(
+            """SELECT p.*, a.acct AS author FROM posts p JOIN authors a ON a.id = p.author_id
+               ORDER BY p.id""")
+        for p in rows:
+            images = [dict(sha256=r["sha256"], path=r["path"], width=r["width"],
+                           height=r["height"])
+                      for r in self.db.execute(
+                          """SELECT i.* FROM media m JOIN images i ON i.sha256 = m.sha256
+                             WHERE m.post_id = ? ORDER BY m.position""", (p["id"],))]
+            yield {
+                "id": p["id"], "uri": p["uri"], "author": p["author"],
+                "followers": p["followers"], "likes": p["likes"], "reblogs": p["reblogs"],
+                "tags": json.loads(p["tags"]), "created_at": p["created_at"],
+                "fetched_at": p["fetched_at"], "server": p["server"], "source": p["source"],
+                "sensitive": bool(p["sensitive"]), "images": images,
+            }

@@ -1,0 +1,112 @@
+"""config.yaml and the schema: defaults, validation, --set overrides."""
+import pathlib
+
+import pytest
+import yaml
+
+from deepselfie.config import SCHEMA, load_config, parse_override, schema_defaults
+from deepselfie.errors import UserError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_config_yaml_spells_out_exactly_the_schema_defaults():
+    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert data == schema_defaults()
+
+
+def test_every_key_in_config_yaml_is_commented():
+    lines = (ROOT / "config.yaml").read_text().splitlines()
+    for line in lines:
+        if line.startswith("  ") and ":" in line and not line.strip().startswith(("#", "-")):
+            assert "#" in line, f"config.yaml: no comment on {line.strip()!r}"
+
+
+def test_missing_default_file_means_defaults(tmp_path):
+    cfg = load_config(tmp_path / "config.yaml")
+    assert cfg == schema_defaults()
+    assert cfg.runtime.device == "auto"
+
+
+def test_named_missing_file_is_an_error(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml", required=True)
+
+
+def test_unknown_key_is_named_with_the_file_and_a_suggestion(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("runtime:\n  devcie: cpu\n")
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "runtime.devcie" in msg and "did you mean runtime.device" in msg
+
+
+def test_unknown_section_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("runtme:\n  device: cpu\n")
+    with pytest.raises(UserError, match="runtme: unknown key"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("text,field", [
+    ("runtime:\n  threads: two\n", "runtime.threads"),
+    ("runtime:\n  fast: 1\n", "runtime.fast"),
+    ("runtime:\n  threads: true\n", "runtime.threads"),
+    ("runtime:\n  backend: tensorflow\n", "runtime.backend"),
+    ("paths:\n  data_dir: null\n", "paths.data_dir"),
+    ("runtime: 3\n", "runtime"),
+])
+def test_wrong_types_are_refused(tmp_path, text, field):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    assert f"{p}: {field}:" in str(e.value)
+
+
+def test_broken_yaml_names_line_and_column(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("runtime:\n  device: [cpu\n")
+    with pytest.raises(UserError, match=rf"{p}:\d+:\d+: not valid YAML"):
+        load_config(p)
+
+
+def test_overrides_are_typed_like_yaml(tmp_path):
+    cfg = load_config(tmp_path / "none.yaml",
+                      overrides=["runtime.threads=4", "runtime.fast=true", "paths.models_dir=/m"])
+    assert cfg.runtime.threads == 4 and cfg.runtime.fast is True
+    assert str(cfg.models_dir) == "/m"
+
+
+def test_override_errors(tmp_path):
+    for bad, match in [("runtime.threads", "expected section.key=value"),
+                       ("threads=3", "expected section.key=value"),
+                       ("runtime.thread=3", "unknown key"),
+                       ("runtime.threads=x", "must be an integer")]:
+        with pytest.raises(UserError, match=match):
+            load_config(tmp_path / "none.yaml", overrides=[bad])
+
+
+def test_data_dir_beats_file_and_derived_paths(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("paths:\n  data_dir: /from/file\n")
+    cfg = load_config(p, data_dir=tmp_path / "d")
+    assert cfg.data_dir == tmp_path / "d"
+    assert cfg.catalog_path == tmp_path / "d" / "catalog.sqlite"
+    assert cfg.models_dir == tmp_path / "d" / "models"
+
+
+def test_float_keys_accept_integers():
+    from deepselfie.config import Key, _check_value
+    assert _check_value(3, Key(float, 0.0), "f", "k") == 3.0
+
+
+def test_parse_override_keeps_strings():
+    assert parse_override("paths.data_dir=some dir") == ("paths", "data_dir", "some dir")
+
+
+def test_schema_keys_have_help():
+    for sec, keys in SCHEMA.items():
+        for name, key in keys.items():
+            assert key.help, f"{sec}.{name} has no help text"
