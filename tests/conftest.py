@@ -51,3 +51,21 @@ def golden():
             pytest.fail(f"{GOLDEN} is missing and DEEPSELFIE_REQUIRE_GOLDEN is set")
         pytest.skip(f"{GOLDEN} is not present")
     return GOLDEN
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600, input=None):
+    """Run ``python -m deepselfie ARGS`` from this checkout (not whatever is installed)."""
+    import subprocess
+    import sys
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "deepselfie", *map(str, args)], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout,
+                          input=input)
+
+
+@pytest.fixture
+def cli():
+    """The deepselfie command of this checkout: ``cli("label", "--set", ...)``."""
+    return run_cli
