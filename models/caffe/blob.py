@@ -1,0 +1,116 @@
+"""Blob: a named N-d array with its diff, as pycaffe shows it (``.data``, ``.diff`` numpy arrays
+you can write into, ``.shape``, ``.reshape``), held as torch tensors on the net's device.
+
+On the CPU in float32 ``.data`` and ``.diff`` are views of the tensors: writes land directly. On
+CUDA (or in bf16), they are host copies, like Caffe's SyncedMemory: reading makes a copy, and the
+net copies it back before it next computes, so ``blob.data[...] = x`` works everywhere.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _is_view_safe(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype == torch.float32
+
+
+class Blob:
+    __slots__ = ("_t", "_d", "_host", "_host_diff", "device")
+
+    def __init__(self, shape=(), device=None, tensor=None):
+        self.device = torch.device(device or "cpu")
+        self._t = tensor if tensor is not None else torch.zeros(tuple(shape), device=self.device)
+        self._d = None
+        self._host = None       # host copy of data handed out (device/bf16 tensors only)
+        self._host_diff = None
+
+    # -------------------------------------------------------------- tensors (for the engine)
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The data tensor, after applying writes made through ``.data``."""
+        if self._host is not None:
+            self._push(self._t, self._host)
+            self._host = None
+        return self._t
+
+    def set_tensor(self, t: torch.Tensor):
+        self._t = t
+        self._host = None
+
+    @property
+    def diff_tensor(self) -> torch.Tensor:
+        if self._d is None or self._d.shape != self._t.shape:
+            self._d = torch.zeros_like(self._t, dtype=torch.float32,
+                                      requires_grad=False)
+            self._host_diff = None
+        if self._host_diff is not None:
+            self._push(self._d, self._host_diff)
+            self._host_diff = None
+        return self._d
+
+    def set_diff(self, d: torch.Tensor):
+        self._d = d
+        self._host_diff = None
+
+    @staticmethod
+    def _push(t, host):
+        with torch.no_grad():
+            t.copy_(torch.from_numpy(host).reshape(t.shape))
+
+    # -------------------------------------------------------------- pycaffe surface
+    @property
+    def data(self) -> np.ndarray:
+        t = self.tensor
+        if _is_view_safe(t):
+            return t.detach().numpy()
+        self._host = t.detach().float().cpu().numpy()
+        return self._host
+
+    @data.setter
+    def data(self, value):
+        self.data[...] = value
+
+    @property
+    def diff(self) -> np.ndarray:
+        d = self.diff_tensor
+        if _is_view_safe(d):
+            return d.detach().numpy()
+        self._host_diff = d.detach().float().cpu().numpy()
+        return self._host_diff
+
+    @diff.setter
+    def diff(self, value):
+        self.diff[...] = value
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self._t.shape)
+
+    @property
+    def count(self) -> int:
+        return int(self._t.numel())
+
+    def _legacy(self, i):
+        shape = self.shape
+        return shape[i] if len(shape) > i else 1
+
+    num = property(lambda self: self._legacy(0))
+    channels = property(lambda self: self._legacy(1))
+    height = property(lambda self: self._legacy(2))
+    width = property(lambda self: self._legacy(3))
+
+    def reshape(self, *shape):
+        """Give the blob a new shape (its contents are then undefined, as in Caffe)."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        shape = tuple(int(s) for s in shape)
+        if shape != self.shape:
+            t = torch.zeros(shape, device=self._t.device, dtype=self._t.dtype)
+            if self._t.requires_grad and self._t.is_leaf:
+                t.requires_grad_(True)
+            self.set_tensor(t)
+            self._d = None
+
+    def __repr__(self):
+        return f"Blob{self.shape}"

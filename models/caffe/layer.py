@@ -1,0 +1,105 @@
+"""The layer contract and the registry of layer types.
+
+A layer is a small class registered under its Caffe type name. The net builds it from its
+LayerParameter, calls ``setup`` once with the bottom tensors (their shapes are what matters: they
+may be on the "meta" device), then ``forward(bottoms, params)`` returns the top tensors. Gradients
+come from torch autograd through ``forward``; a layer whose Caffe backward differs from the plain
+derivative of its forward implements a torch.autograd.Function for it.
+
+Class attributes tell the net what Caffe's layer traits are:
+  bottoms / tops      (min, max) counts, max None for "any"
+  is_loss             the first top has loss_weight 1 unless the prototxt says otherwise
+  no_backward         Caffe has no backward for it (Accuracy, ArgMax): forward runs without autograd
+  is_source           it has no bottoms and makes its tops (Input, Data): they keep their storage
+  label_bottoms       bottom indices force_backward never reaches (a loss's labels)
+"""
+from __future__ import annotations
+
+import torch
+
+from deepselfie.errors import UserError
+
+from .blob import Blob
+from .filler import fill
+
+LAYERS: dict[str, type] = {}
+
+
+def register(cls):
+    """Class decorator: register ``cls`` under ``cls.type`` (and ``cls.aliases``)."""
+    for name in (cls.type, *getattr(cls, "aliases", ())):
+        LAYERS[name] = cls
+    return cls
+
+
+def layer_type_list() -> list[str]:
+    return sorted(LAYERS)
+
+
+def create_layer(lp, phase, device, source="<net>"):
+    cls = LAYERS.get(lp.type)
+    if cls is None:
+        raise UserError(f"unknown layer type {lp.type!r}", path=source,
+                        field=f"layer {lp.name!r}")
+    return cls(lp, phase, device, source)
+
+
+class Layer:
+    type: str = ""
+    bottoms: tuple = (1, 1)
+    tops: tuple = (1, 1)
+    is_loss = False
+    no_backward = False
+    is_source = False
+    label_bottoms: tuple = ()
+
+    def __init__(self, lp, phase, device, source="<net>"):
+        self.param = lp
+        self.name = lp.name
+        self.phase = phase
+        self.device = device
+        self.source = source
+        self.blobs: list[Blob] = []
+
+    # -- helpers for subclasses
+    def error(self, message, field=None):
+        """A UserError naming the prototxt, this layer and (optionally) the field."""
+        where = f"layer {self.name!r} ({self.type})" + (f": {field}" if field else "")
+        return UserError(message, path=self.source, field=where)
+
+    def add_param(self, shape, filler=None, what="blob"):
+        """Append a learnable blob of ``shape`` filled by ``filler`` (a FillerParameter)."""
+        t = fill(shape, filler, self.device, where=f"{self.source}: layer {self.name!r} {what}")
+        self.blobs.append(Blob(device=self.device, tensor=t))
+        return self.blobs[-1]
+
+    @staticmethod
+    def canonical_axis(axis: int, ndim: int) -> int:
+        if not -ndim <= axis < max(ndim, 1):
+            raise IndexError(axis)
+        return axis % ndim if ndim else 0
+
+    def axis(self, axis: int, ndim: int, field="axis") -> int:
+        try:
+            return self.canonical_axis(axis, ndim)
+        except IndexError:
+            raise self.error(f"axis {axis} is out of range for a {ndim}-axis blob",
+                             field) from None
+
+    # -- the contract
+    def setup(self, bottoms: list[torch.Tensor]) -> None:
+        """Check the bottoms and create parameter blobs (called once, bottoms may be meta)."""
+
+    def forward(self, bottoms: list[torch.Tensor], params: list[torch.Tensor]):
+        raise NotImplementedError
+
+    def scratch_diff(self, bottom_index, top_grad, bottoms, params):
+        """What Caffe's backward leaves in a bottom's diff that it does not propagate to (its
+        scratch space), or None. Only Scale uses this."""
+        return None
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index not in self.label_bottoms
+
+    def __repr__(self):
+        return f"<{self.type} layer {self.name!r}>"

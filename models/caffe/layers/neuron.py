@@ -1,0 +1,175 @@
+"""Element-wise layers: ReLU, PReLU, Sigmoid, TanH, ELU, Power, Exp, Log, AbsVal, BNLL, Dropout,
+Threshold, Clip, Swish. Each keeps its bottom's shape; gradients are the plain derivatives, which
+is what Caffe computes."""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..layer import Layer, register
+from ..proto import caffe_pb2
+
+
+class Neuron(Layer):
+    pass
+
+
+@register
+class ReLU(Neuron):
+    type = "ReLU"
+
+    def forward(self, bottoms, params):
+        (x,) = bottoms
+        slope = self.param.relu_param.negative_slope
+        if slope:
+            return [F.leaky_relu(x, slope)]
+        return [F.relu(x)]
+
+
+@register
+class PReLU(Neuron):
+    type = "PReLU"
+
+    def setup(self, bottoms):
+        p = self.param.prelu_param
+        x = bottoms[0]
+        if x.dim() < 2 and not p.channel_shared:
+            raise self.error("needs a bottom with a channel axis (or channel_shared)")
+        filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(
+            type="constant", value=0.25)
+        self.add_param((1,) if p.channel_shared else (x.shape[1],), filler)
+
+    def forward(self, bottoms, params):
+        (x,), (a,) = bottoms, params
+        shape = [1] * x.dim()
+        if a.numel() > 1:
+            shape[1] = a.numel()
+        a = a.reshape(shape)
+        return [torch.where(x > 0, x, x * a)]
+
+
+@register
+class Sigmoid(Neuron):
+    type = "Sigmoid"
+
+    def forward(self, bottoms, params):
+        return [torch.sigmoid(bottoms[0])]
+
+
+@register
+class TanH(Neuron):
+    type = "TanH"
+
+    def forward(self, bottoms, params):
+        return [torch.tanh(bottoms[0])]
+
+
+@register
+class ELU(Neuron):
+    type = "ELU"
+
+    def forward(self, bottoms, params):
+        return [F.elu(bottoms[0], alpha=self.param.elu_param.alpha)]
+
+
+@register
+class Power(Neuron):
+    type = "Power"
+
+    def forward(self, bottoms, params):
+        p = self.param.power_param
+        x = bottoms[0] * p.scale + p.shift if (p.scale != 1 or p.shift != 0) else bottoms[0]
+        if p.power == 1:
+            return [x if x is not bottoms[0] else x * 1.0]
+        if p.power == 0:
+            return [torch.ones_like(x)]
+        return [torch.pow(x, p.power)]
+
+
+@register
+class Exp(Neuron):
+    type = "Exp"
+
+    def forward(self, bottoms, params):
+        p = self.param.exp_param
+        log_base = 1.0 if p.base == -1 else math.log(p.base)
+        inner = log_base * p.scale
+        outer = 1.0 if p.shift == 0 else (math.exp(p.shift) if p.base == -1 else p.base ** p.shift)
+        y = torch.exp(bottoms[0] * inner)
+        return [y * outer if outer != 1 else y]
+
+
+@register
+class Log(Neuron):
+    type = "Log"
+
+    def forward(self, bottoms, params):
+        p = self.param.log_param
+        base_scale = 1.0 if p.base == -1 else 1.0 / math.log(p.base)
+        x = bottoms[0]
+        if p.scale != 1 or p.shift != 0:
+            x = x * p.scale + p.shift
+        y = torch.log(x)
+        return [y * base_scale if base_scale != 1 else y]
+
+
+@register
+class AbsVal(Neuron):
+    type = "AbsVal"
+
+    def forward(self, bottoms, params):
+        return [torch.abs(bottoms[0])]
+
+
+@register
+class BNLL(Neuron):
+    type = "BNLL"
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        return [F.relu(x) + torch.log1p(torch.exp(-torch.abs(x)))]
+
+
+@register
+class Dropout(Neuron):
+    """TRAIN: keep each value with probability 1 - ratio and scale it by 1 / (1 - ratio);
+    TEST: pass through. Ratio 0 is off."""
+    type = "Dropout"
+
+    def forward(self, bottoms, params):
+        (x,) = bottoms
+        ratio = self.param.dropout_param.dropout_ratio
+        if self.phase != caffe_pb2.TRAIN or ratio == 0:
+            return [x.view_as(x)]
+        if x.device.type == "meta":
+            return [x * 1.0]
+        mask = torch.bernoulli(torch.full_like(x, 1.0 - ratio, dtype=torch.float32))
+        return [x * mask.to(x.dtype) * (1.0 / (1.0 - ratio))]
+
+
+@register
+class Threshold(Neuron):
+    type = "Threshold"
+    no_backward = True
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        return [(x > self.param.threshold_param.threshold).to(x.dtype)]
+
+
+@register
+class Clip(Neuron):
+    type = "Clip"
+
+    def forward(self, bottoms, params):
+        p = self.param.clip_param
+        return [torch.clamp(bottoms[0], p.min, p.max)]
+
+
+@register
+class Swish(Neuron):
+    type = "Swish"
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        return [x * torch.sigmoid(self.param.swish_param.beta * x)]
