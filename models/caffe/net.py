@@ -15,6 +15,7 @@ cleared, as in Caffe.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -629,6 +630,27 @@ class Net:
             if t.is_leaf:
                 t.grad = None
 
+    @property
+    def learnable_params(self) -> list:
+        """What a solver updates, in Caffe's order: one LearnableParam per distinct blob (shared
+        blobs once, under their owner), with its lr_mult and decay_mult."""
+        out, seen = [], {}
+        for li, layer in enumerate(self.layers):
+            for pi, blob in enumerate(layer.blobs):
+                lr, decay = self.param_specs[li][pi]
+                key = id(blob)
+                if key in seen:
+                    continue
+                seen[key] = True
+                out.append(LearnableParam(blob, lr, decay, self._layer_names[li], pi))
+        return out
+
+    def forward_backward(self) -> float:
+        """One forward and backward pass (parameter diffs accumulate); returns the loss."""
+        loss = self.forward_range(0, len(self.layers) - 1)
+        self.backward_from([(tid, self._producer(tid)) for tid in self._output_ids])
+        return loss
+
     def clear_param_diffs(self):
         for layer in self.layers:
             for blob in layer.blobs:
@@ -723,6 +745,15 @@ class Net:
             for k, v in res.items():
                 outs[k].extend(np.array(v[:real], copy=True))
         return {k: np.asarray(v) for k, v in outs.items()}
+
+
+@dataclasses.dataclass
+class LearnableParam:
+    blob: Blob
+    lr_mult: float
+    decay_mult: float
+    layer: str
+    index: int
 
 
 def _count_range(lo, hi):

@@ -2,6 +2,10 @@
 
 Uses the protoc bundled in grpcio-tools (the version pinned in setup.py's ``test`` extra), so the
 output is byte-for-byte reproducible. ``--check`` exits 1 when the checked-in file is stale.
+
+One edit follows protoc: the messages go into a descriptor pool of their own instead of
+protobuf's default pool, so that real pycaffe (whose caffe_pb2 also defines package ``caffe``)
+can be imported in the same process as this runtime.
 """
 import argparse
 import pathlib
@@ -20,7 +24,14 @@ def generate(out_dir):
     rc = protoc.main(["protoc", f"-I{HERE}", f"--python_out={out_dir}", str(HERE / "caffe.proto")])
     if rc != 0:
         sys.exit(f"protoc failed on {HERE / 'caffe.proto'} (exit {rc})")
-    return pathlib.Path(out_dir) / "caffe_pb2.py"
+    out = pathlib.Path(out_dir) / "caffe_pb2.py"
+    code = out.read_text()
+    default = "_descriptor_pool.Default().AddSerializedFile("
+    if code.count(default) != 1:
+        sys.exit("protoc output changed shape: cannot move caffe_pb2 into its own pool")
+    code = code.replace(default, "_descriptor_pool.DescriptorPool().AddSerializedFile(")
+    out.write_text("# Edited by models/caffe/proto/build.py: messages live in a private pool.\n" + code)
+    return out
 
 
 def main(argv=None):
