@@ -46,6 +46,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fast": _k(bool, False, "bf16 autocast and channels_last (inexact, faster)"),
         "threads": _k(int, 0, "CPU threads for torch; 0 keeps torch's default"),
     },
+    "score": {
+        "model": _k(str, "prototxt/selfie_vgg16_deploy.prototxt", "deploy prototxt"),
+        "weights": _k(str, None, "trained .caffemodel (from deepselfie train)", nullable=True),
+        "mean": _k(str, None, "mean.binaryproto, mean JSON or B,G,R used in training",
+                   nullable=True),
+        "resize": _k(str, "squash", "squash, crop or oversample",
+                     choices=("squash", "crop", "oversample")),
+        "scale": _k(float, 1.0, "input scale after the mean (the training transform_param)"),
+        "batch_size": _k(int, 16, "images per forward pass"),
+        "top": _k(int, 24, "images on the top-N contact sheet"),
+        "good_class": _k(int, 1, "softmax index of the 'good' class"),
+    },
 }
 
 
