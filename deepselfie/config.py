@@ -47,7 +47,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "threads": _k(int, 0, "CPU threads for torch; 0 keeps torch's default"),
     },
     "label": {
-        "run_name": _k(str, "selfie", "run folder under <data_dir>/runs and the catalog's label run"),
+        "run_name": _k(str, "selfie", "run folder under <data_dir>/runs; the label run's name"),
         "min_age_days": _k(int, 30, "days a post must have been online (created_at to fetched_at)"),
         "min_followers": _k(int, 10, "fewest author followers for an eligible post"),
         "max_followers": _k(int, 100000, "most author followers for an eligible post"),

@@ -105,7 +105,7 @@ def encode_chunk(task):
 
 
 def decode_payload(data: bytes, encoded: bool, channels=0, height=0, width=0) -> np.ndarray:
-    """A record's pixels as uint8 C x H x W, BGR (what the Data layer and compute_image_mean see)."""
+    """A record's pixels as uint8 C x H x W, BGR (as Caffe's readers see them)."""
     if not encoded:
         return np.frombuffer(data, np.uint8).reshape(channels, height, width)
     with Image.open(io.BytesIO(data)) as im:
