@@ -72,8 +72,9 @@ def noise_rng(seed: int, key: str) -> np.random.Generator:
 
 def encode_array(rgb: np.ndarray, settings: EncodeSettings, noise_key: str = "") -> Payload:
     """An RGB array resized and packed as settings say."""
+    pads = settings.resize_mode in ("fill", "half_crop")
     out = resize_image(rgb, settings.height, settings.width, settings.resize_mode,
-                       noise_rng(settings.seed, noise_key))
+                       noise_rng(settings.seed, noise_key) if pads else None)
     if settings.encoding == "raw":
         chw = np.ascontiguousarray(out[:, :, ::-1].transpose(2, 0, 1))   # RGB HWC -> BGR CHW
         return Payload(chw.tobytes(), False, *chw.shape)

@@ -15,7 +15,6 @@ place, so a complete database is never replaced by a half-written one.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import pathlib
 import shutil
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from deepselfie.console import progress
 from deepselfie.errors import UserError
 
 from .image import EncodeSettings, Payload, encode_chunk
+from .workers import Workers, as_workers
 
 INITIAL_MAP_SIZE = 64 << 20
 CHUNK = 16                      # images per task sent to a worker process
@@ -87,18 +87,12 @@ def _committed(env: lmdb.Environment):
         return txn.stat()["entries"], last
 
 
-def _payloads(records, settings: EncodeSettings, processes: int):
-    """Payloads for records, in order; image decoding spread over worker processes."""
+def _payloads(records, settings: EncodeSettings, workers: Workers):
+    """Payloads for records, in order; the image work is spread over the workers."""
     jobs = [(r.source, r.noise_key) for r in records]
     tasks = [(settings, jobs[i:i + CHUNK]) for i in range(0, len(jobs), CHUNK)]
-    if processes <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield from encode_chunk(task)
-        return
-    ctx = multiprocessing.get_context("spawn")   # no fork of a process holding SQLite/threads
-    with ctx.Pool(min(processes, len(tasks))) as pool:
-        for out in pool.imap(encode_chunk, tasks):
-            yield from out
+    for out in workers.map(encode_chunk, tasks):
+        yield from out
 
 
 def _put_batch(env: lmdb.Environment, batch):
@@ -114,8 +108,10 @@ def _put_batch(env: lmdb.Environment, batch):
 
 
 def build_lmdb(path, records: list[Record], settings: EncodeSettings, *, plan: str,
-               processes: int = 1, commit_every: int = 1000, desc: str = "lmdb") -> int:
-    """Write (or finish writing) records into ``<path>.partial``; return how many were resumed."""
+               processes: int | Workers = 1, commit_every: int = 1000, desc: str = "lmdb") -> int:
+    """Write (or finish writing) records into ``<path>.partial``; return how many were resumed.
+
+    ``processes``: how many processes encode images, or a Workers pool to use."""
     partial = partial_path(path)
     marker = partial / "PLAN"
     env, done = None, 0
@@ -131,11 +127,12 @@ def build_lmdb(path, records: list[Record], settings: EncodeSettings, *, plan: s
         partial.mkdir(parents=True)
         env = _open(partial)
         marker.write_text(plan)
+    workers, own = as_workers(processes)
     try:
         todo = records[done:]
         batch = []
         with progress(total=len(records), initial=done, desc=desc, unit="img") as bar, \
-                contextlib.closing(_payloads(todo, settings, processes)) as payloads:
+                contextlib.closing(_payloads(todo, settings, workers)) as payloads:
             for record, payload in zip(todo, payloads):
                 if not isinstance(payload, Payload):
                     raise UserError(f"cannot use this image: {payload[1]}", path=payload[0])
@@ -150,6 +147,8 @@ def build_lmdb(path, records: list[Record], settings: EncodeSettings, *, plan: s
         env.sync(True)
     finally:
         env.close()
+        if own:
+            workers.close()
     return done
 
 

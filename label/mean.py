@@ -8,7 +8,6 @@ images (while every sum stays below 2^24), and the exact mean beyond.
 """
 from __future__ import annotations
 
-import multiprocessing
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ from deepselfie.errors import UserError
 
 from .image import decode_payload, sum_encoded
 from .lmdb_writer import iter_lmdb
+from .workers import Workers, as_workers
 
 CHUNK = 64
 
@@ -38,8 +38,9 @@ def _shape_error(path, first, other):
                      "needs one size", path=path)
 
 
-def compute_mean(path, processes: int = 1) -> ImageMean:
-    """The mean over every record of the LMDB at path (decoded in worker processes if > 1)."""
+def compute_mean(path, processes: int | Workers = 1) -> ImageMean:
+    """The mean over every record of the LMDB at path; encoded records are decoded by
+    ``processes`` processes (or a Workers pool)."""
     total, shape, count = None, None, 0
     pending = []                                 # chunks of encoded images to decode
 
@@ -65,15 +66,13 @@ def compute_mean(path, processes: int = 1) -> ImageMean:
             add(img.astype(np.int64), img.shape)
     if chunk:
         pending.append(chunk)
-    if pending:
-        if processes > 1 and len(pending) > 1:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(processes, len(pending))) as pool:
-                for partial in pool.imap_unordered(sum_encoded, pending):
-                    add(*partial)
-        else:
-            for blobs in pending:
-                add(*sum_encoded(blobs))
+    workers, own = as_workers(processes)
+    try:
+        for partial in workers.map(sum_encoded, pending, ordered=False):
+            add(*partial)
+    finally:
+        if own:
+            workers.close()
     if count == 0:
         raise UserError("no records to average: the split is empty", path=path)
     mean = total.astype(np.float32) / np.float32(count)

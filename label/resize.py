@@ -15,6 +15,9 @@ so a rebuild writes the same pixels.
 """
 from __future__ import annotations
 
+import functools
+import threading
+
 import numpy as np
 
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
@@ -40,6 +43,52 @@ def _source_positions(src: int, dst: int):
     return start, frac
 
 
+@functools.lru_cache(maxsize=256)
+def _column_taps(src_w: int, width: int, channels: int):
+    """Which source values and weights each output value of a row combines (clamped borders)."""
+    x0, fx = _source_positions(src_w, width)
+    left = x0 < 0
+    fx[left], x0[left] = 0, 0
+    right = x0 >= src_w - 1
+    fx[right], x0[right] = 0, src_w - 1
+    x1 = np.minimum(x0 + 1, src_w - 1)
+    a0, a1 = _weights(fx)
+    lanes = np.arange(channels)
+    i0 = (x0[:, None] * channels + lanes).ravel()     # rows are flattened to W*C values
+    i1 = (x1[:, None] * channels + lanes).ravel()
+    return i0, i1, np.repeat(a0, channels), np.repeat(a1, channels)
+
+
+@functools.lru_cache(maxsize=256)
+def _row_taps(src_h: int, height: int):
+    """The source rows used, and for each output row its two rows (indices into those) and
+    weights. The fraction is kept at the borders; the row index is clamped when read."""
+    y0, fy = _source_positions(src_h, height)
+    b0, b1 = _weights(fy)
+    rows = np.concatenate([np.clip(y0, 0, src_h - 1), np.clip(y0 + 1, 0, src_h - 1)])
+    used, where = np.unique(rows, return_inverse=True)
+    return used, where[:height], where[height:], b0[:, None], b1[:, None]
+
+
+class _Scratch(threading.local):
+    """Work arrays kept between calls (per thread): fresh multi-megabyte arrays cost more in
+    page faults than the arithmetic done in them."""
+
+    def __init__(self):
+        self.arrays = {}
+
+    def get(self, name, shape, dtype):
+        """A contiguous array of this shape, carved from a buffer that only ever grows."""
+        size = int(np.prod(shape))
+        a = self.arrays.get(name)
+        if a is None or a.size < size or a.dtype != dtype:
+            a = self.arrays[name] = np.empty(size, dtype)
+        return a[:size].reshape(shape)
+
+
+_scratch = _Scratch()
+
+
 def cv_resize_linear(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize a uint8 H x W (x C) image to height x width like cv::resize INTER_LINEAR."""
     if img.dtype != np.uint8:
@@ -49,43 +98,35 @@ def cv_resize_linear(img: np.ndarray, width: int, height: int) -> np.ndarray:
         return img.copy()
     if img.ndim == 2:
         return cv_resize_linear(img[:, :, None], width, height)[:, :, 0]
-
-    # Columns: clamped at both borders (fraction 0 there), as OpenCV's horizontal pass does.
-    x0, fx = _source_positions(src_w, width)
-    left = x0 < 0
-    fx[left], x0[left] = 0, 0
-    right = x0 >= src_w - 1
-    fx[right], x0[right] = 0, src_w - 1
-    x1 = np.minimum(x0 + 1, src_w - 1)
-    a0, a1 = _weights(fx)
-
-    # Rows: the fraction is kept and the row index clamped when the rows are read.
-    y0, fy = _source_positions(src_h, height)
-    b0, b1 = _weights(fy)
-    r0 = np.clip(y0, 0, src_h - 1)
-    r1 = np.clip(y0 + 1, 0, src_h - 1)
-
-    # Horizontal pass over the source rows that are used, on rows flattened to W*C values:
-    # int sums scaled by 2^11. Only (sum >> 4) is ever used by the vertical pass.
     channels = img.shape[2]
-    lanes = np.arange(channels)
-    i0 = (x0[:, None] * channels + lanes).ravel()
-    i1 = (x1[:, None] * channels + lanes).ravel()
-    w0, w1 = np.repeat(a0, channels), np.repeat(a1, channels)
-    used, where = np.unique(np.concatenate([r0, r1]), return_inverse=True)
-    flat = img.reshape(src_h, src_w * channels)[used]
-    horiz = np.multiply(np.take(flat, i0, axis=1), w0, dtype=np.int32)
-    horiz += np.multiply(np.take(flat, i1, axis=1), w1, dtype=np.int32)
+    i0, i1, w0, w1 = _column_taps(src_w, width, channels)
+    used, top_row, bottom_row, b0, b1 = _row_taps(src_h, height)
+    flat = np.ascontiguousarray(img).reshape(src_h, src_w * channels)
+    if len(used) < src_h:
+        flat = np.take(flat, used, axis=0, out=_scratch.get("rows", (len(used),) + flat.shape[1:],
+                                                              np.uint8))
+    n, m = flat.shape[0], width * channels
+
+    # Horizontal pass over the source rows that are used: int sums scaled by 2^11. Only
+    # (sum >> 4) is ever read by the vertical pass.
+    picked = _scratch.get("picked", (n, m), np.uint8)
+    horiz = _scratch.get("horiz", (n, m), np.int32)
+    right = _scratch.get("right", (n, m), np.int32)
+    np.copyto(horiz, np.take(flat, i0, axis=1, out=picked))
+    horiz *= w0
+    np.copyto(right, np.take(flat, i1, axis=1, out=picked))
+    right *= w1
+    horiz += right
     horiz >>= 4
 
     # Vertical pass, with the rounding of OpenCV's SIMD path (VResizeLinearVec_32s8u):
     # ((top >> 4) * b0 >> 16) + ((bottom >> 4) * b1 >> 16), then (+2) >> 2. The weights of a
     # pass sum to at most 2049, so the result stays within 0..255 without clipping.
-    top = horiz[where[:height]]
-    top *= b0[:, None]
+    top = np.take(horiz, top_row, axis=0, out=_scratch.get("top", (height, m), np.int32))
+    top *= b0
     top >>= 16
-    bottom = horiz[where[height:]]
-    bottom *= b1[:, None]
+    bottom = np.take(horiz, bottom_row, axis=0, out=_scratch.get("bottom", (height, m), np.int32))
+    bottom *= b1
     bottom >>= 16
     top += bottom
     top += 2

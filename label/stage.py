@@ -35,6 +35,7 @@ from .mean import ImageMean, compute_mean, mean_to_binaryproto, read_binaryproto
 from .posts import REASONS, Rules, read_posts, select_eligible
 from .rule import label_posts
 from .splits import SPLITS, hash_order, split_rows
+from .workers import Workers
 
 log = get_logger("label")
 
@@ -153,10 +154,11 @@ def run_label(cfg, *, run_name: str | None = None, quiet: bool = False) -> dict:
         cfg.label["run_name"] = run_name
     check_settings(cfg)
     from scrape.catalog import Catalog
-    with Catalog(cfg.catalog_path, create=False) as catalog:
+    with Catalog(cfg.catalog_path, create=False) as catalog, \
+            Workers(cfg.label.processes or _usable_cpus()) as workers:
         run_id = catalog.start_run("label", dict(cfg.label))
         try:
-            result = _run(cfg, catalog)
+            result = _run(cfg, catalog, workers)
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             catalog.finish_run(run_id, {"error": str(e)}, status=status)
@@ -167,14 +169,13 @@ def run_label(cfg, *, run_name: str | None = None, quiet: bool = False) -> dict:
     return result
 
 
-def _run(cfg, catalog) -> dict:
+def _run(cfg, catalog, workers: Workers) -> dict:
     s = cfg.label
     data_dir = cfg.data_dir
     run_dir = cfg.runs_dir / s.run_name
     rules = Rules(s.min_age_days, s.min_followers, s.max_followers, s.max_tags, s.min_faces)
     settings = EncodeSettings(s.new_height, s.new_width, s.resize_mode, s.encoding,
                               s.jpeg_quality, s.seed)
-    processes = s.processes or _usable_cpus()
 
     # 1. Eligibility, the article's rule, splits by author.
     posts = read_posts(catalog)
@@ -217,7 +218,7 @@ def _run(cfg, catalog) -> dict:
             continue
         if not items and getattr(s, f"{split}_ratio") > 0:
             log.warning("the %s split is empty (too few authors for the ratios)", split)
-        resumed = build_lmdb(target, records, settings, plan=plans[split], processes=processes,
+        resumed = build_lmdb(target, records, settings, plan=plans[split], processes=workers,
                              commit_every=s.commit_every, desc=f"{split}_lmdb")
         if resumed:
             log.info("%s: resumed after %d committed records", target, resumed)
@@ -229,7 +230,7 @@ def _run(cfg, catalog) -> dict:
         mean = _read_mean(run_dir)
     if mean is None:
         train_db = run_dir / "train_lmdb"
-        mean = compute_mean(partial_path(train_db) if "train" in built else train_db, processes)
+        mean = compute_mean(partial_path(train_db) if "train" in built else train_db, workers)
 
     # 4. Put everything in place; the manifest goes last.
     _write_atomic(run_dir / "labels.csv", _labels_csv(rows))
