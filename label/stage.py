@@ -3,8 +3,10 @@
 ``run_label(cfg)`` is what ``deepselfie label``, scripts/label.sh and the demo call. It writes one
 run folder, ``<data_dir>/runs/<label.run_name>/``:
 
-  labels.csv                 every labeled post: uri, author, followers, likes, tags, audience,
-                             group, rank, label, split, ... (by group, then rank)
+  labels.csv                 every labeled post: uri, author, followers, likes, tags (how many),
+                             audience, group, rank, label, split, post_id, created_at,
+                             fetched_at, n_faces, sha256, path, tag_names (by group, then rank;
+                             group and rank count from 0)
   train.txt val.txt test.txt ``path label`` in LMDB order, paths relative to the data dir
                              (``convert_imageset <data_dir>/ train.txt ...`` reads them)
   train_lmdb/ val_lmdb/ test_lmdb/   Caffe Datum records, keys ``%08d_<path>``
