@@ -3,7 +3,8 @@
 ``cv_resize_linear`` reproduces OpenCV's ``cv::resize(..., INTER_LINEAR)`` on 8-bit images bit for
 bit (the call convert_imageset makes): pixel centres at +0.5, 11-bit fixed-point weights, columns
 clamped at the borders, rows read clamped, and the rounding of OpenCV's vectorised vertical pass.
-tests/test_label_golden.py checks it against LMDBs written by real Caffe.
+tests/test_label_golden.py checks it against LMDBs written by real Caffe (OpenCV may round a few
+pixels differently where its SIMD loop leaves a scalar tail; no golden case showed one).
 
 ``resize_image`` gives the geometry of DIGITS' resize modes (digits/utils/image.py):
   squash     stretch to height x width
@@ -43,6 +44,13 @@ def _source_positions(src: int, dst: int):
     return start, frac
 
 
+def _frozen(*arrays):
+    """Cached tables are shared between calls: make them read-only."""
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
 @functools.lru_cache(maxsize=256)
 def _column_taps(src_w: int, width: int, channels: int):
     """Which source values and weights each output value of a row combines (clamped borders)."""
@@ -56,7 +64,7 @@ def _column_taps(src_w: int, width: int, channels: int):
     lanes = np.arange(channels)
     i0 = (x0[:, None] * channels + lanes).ravel()     # rows are flattened to W*C values
     i1 = (x1[:, None] * channels + lanes).ravel()
-    return i0, i1, np.repeat(a0, channels), np.repeat(a1, channels)
+    return _frozen(i0, i1, np.repeat(a0, channels), np.repeat(a1, channels))
 
 
 @functools.lru_cache(maxsize=256)
@@ -67,7 +75,7 @@ def _row_taps(src_h: int, height: int):
     b0, b1 = _weights(fy)
     rows = np.concatenate([np.clip(y0, 0, src_h - 1), np.clip(y0 + 1, 0, src_h - 1)])
     used, where = np.unique(rows, return_inverse=True)
-    return used, where[:height], where[height:], b0[:, None], b1[:, None]
+    return _frozen(used, where[:height], where[height:], b0[:, None], b1[:, None])
 
 
 class _Scratch(threading.local):
