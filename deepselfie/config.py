@@ -46,6 +46,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fast": _k(bool, False, "bf16 autocast and channels_last (inexact, faster)"),
         "threads": _k(int, 0, "CPU threads for torch; 0 keeps torch's default"),
     },
+    "train": {
+        "sigint_effect": _k(str, "stop", "what SIGINT (Ctrl-C) does to training",
+                            choices=("stop", "snapshot", "none")),
+        "sighup_effect": _k(str, "snapshot", "what SIGHUP does to training",
+                            choices=("stop", "snapshot", "none")),
+        "metrics": _k(bool, True, "write <snapshot_prefix>_metrics.jsonl and _curve.png"),
+        "curve_interval_s": _k(float, 10.0, "least seconds between redraws of the curve PNG"),
+    },
 }
 
 

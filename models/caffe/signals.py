@@ -10,6 +10,7 @@ once (KeyboardInterrupt), for when an iteration takes too long to wait for.
 from __future__ import annotations
 
 import signal
+import threading
 
 from deepselfie.errors import UserError
 
@@ -42,6 +43,8 @@ class SignalHandler:
         self._got_sighup = True
 
     def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self                # Python delivers signals to the main thread only
         self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
         if hasattr(signal, "SIGHUP"):
             self._old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_sighup)

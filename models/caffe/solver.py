@@ -59,6 +59,11 @@ def _g(value) -> str:
     return format(float(value), "g")
 
 
+def _num(value) -> float:
+    """A float32 as the shortest float that reads back as it (0.01, not 0.009999999776)."""
+    return float(str(f32(value)))
+
+
 class Solver:
     """The training loop shared by every update rule. Build one of the subclasses in
     sgd_solvers.py (``SGDSolver(path)``, ...) or ``get_solver(path)``; ``device`` and ``fast``
@@ -83,14 +88,14 @@ class Solver:
         glog.info("solver.cpp:45", "Initializing solver from parameters: \n"
                   + text_format.MessageToString(param).rstrip("\n"))
         self._check_param()
+        self.iter = 0
+        self.current_step = 0
         if param.random_seed >= 0:
             state.set_random_seed(param.random_seed + self.rank)
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets() if self.root else []
         self._check_snapshot_writable()
         glog.info("solver.cpp:57", "Solver scaffolding done.")
-        self.iter = 0
-        self.current_step = 0
         self.smoothed_loss = 0.0
         self.losses: list = []
         self.requested_early_exit = False
@@ -273,7 +278,7 @@ class Solver:
             parallel.average_diffs([lp.blob for lp in self._params])
             rate = self.apply_update()
             if record is not None:
-                record["lr"] = rate
+                record["lr"] = _num(rate)
                 self._emit(record)
             self.iter += 1
             snapshot_now, stop_now = self._requested_actions()
@@ -304,6 +309,8 @@ class Solver:
                 loss = f32(self.net.forward_range(0, len(self.net.layers) - 1))
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             glog.info("solver.cpp:327", f"Iteration {self.iter}, loss = {_g(self.smoothed_loss)}")
+            self._emit({"event": "train", "iter": self.iter, "loss": _num(self.smoothed_loss),
+                        "final": True, "time": time.time()})
         if p.test_interval and self.iter % p.test_interval == 0 and self.root:
             self.test_all()
         glog.info("solver.cpp:332", "Optimization Done.")
@@ -327,28 +334,27 @@ class Solver:
                   f"{self.param.display} iters), loss = {_g(self.smoothed_loss)}")
         self._timer = now
         self._iters_last = self.iter
-        outputs, weights = self._log_outputs(self.net, "solver.cpp:258", "Train net output",
-                                             scale=1)
-        return {"event": "train", "iter": self.iter, "loss": float(self.smoothed_loss),
+        outputs, weights = self._log_outputs(self.net, "solver.cpp:258", "Train net output")
+        return {"event": "train", "iter": self.iter, "loss": _num(self.smoothed_loss),
                 "outputs": outputs, "loss_weights": weights, "iter_per_s": per_s,
                 "time": time.time()}
 
-    def _log_outputs(self, net, where, label, scale, values=None):
+    def _log_outputs(self, net, where, label, values=None):
         """Log each element of each output blob as Caffe numbers them (#0, #1, ...); returns
         ({name: value or list}, {name: loss weight} for losses)."""
         outputs, weights, k = {}, {}, 0
         loss_weights = net.blob_loss_weights
         for name in net.outputs:
             data = values[name] if values is not None else net.blobs[name].data
-            flat = np.asarray(data, dtype=np.float32).ravel() * f32(scale)
+            flat = np.asarray(data, dtype=np.float32).ravel()
             w = f32(loss_weights[name])
             for v in flat:
                 extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
                 glog.info(where, f"    {label} #{k}: {name} = {_g(v)}{extra}")
                 k += 1
-            outputs[name] = float(flat[0]) if flat.size == 1 else [float(v) for v in flat]
+            outputs[name] = _num(flat[0]) if flat.size == 1 else [_num(v) for v in flat]
             if w:
-                weights[name] = float(w)
+                weights[name] = _num(w)
         return outputs, weights
 
     def _requested_actions(self) -> tuple[bool, bool]:
@@ -406,11 +412,11 @@ class Solver:
         if p.test_compute_loss:
             loss /= f32(n)
             glog.info("solver.cpp:401", f"Test loss: {_g(loss)}")
-            record["loss"] = float(loss)
+            record["loss"] = _num(loss)
         if scores is None:
             return None
         means = {name: v / f32(n) for name, v in scores.items()}
-        outputs, weights = self._log_outputs(net, "solver.cpp:414", "Test net output", 1,
+        outputs, weights = self._log_outputs(net, "solver.cpp:414", "Test net output",
                                              values=means)
         record.update(outputs=outputs, loss_weights=weights)
         self._emit(record)
