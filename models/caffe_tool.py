@@ -151,6 +151,10 @@ def parse_gpus(spec) -> list[int]:
     """``--gpu``: "" -> [], "0,1" -> [0, 1], "all" -> every visible CUDA device."""
     if spec is None or spec == "":
         return []
+    if isinstance(spec, int):
+        spec = str(spec)
+    elif isinstance(spec, (list, tuple)):
+        spec = ",".join(map(str, spec))
     if spec == "all":
         import torch
         return list(range(torch.cuda.device_count())) or [0]   # none: GPU 0, then the warning

@@ -409,3 +409,25 @@ def test_bad_solverstates_are_user_errors(in_dir):
         adam.restore("snaps/tiny_iter_1.solverstate")
     with pytest.raises(UserError, match="HDF5"):
         adam.restore("x.solverstate.h5")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", SOLVER_CASES)
+def test_solver_trajectory_on_cuda_matches_caffe(golden, name, in_dir):
+    case = golden / "solvers" / name
+    meta = json.loads((case / "meta.json").read_text())
+    os.chdir(case)
+    solver = caffe.get_solver("solver.prototxt", device="cuda")
+    solver.net.copy_from("init.caffemodel")
+    feed, traj = np.load(case / "feed.npz"), np.load(case / "trajectory.npz")
+    for k in range(meta["iters"]):
+        _feed(solver, feed, k)
+        solver.step(1)
+        bad = {key: e for key, e in _trajectory_errors(solver, traj, k + 1).items()
+               if not e <= 1e-5}
+        assert not bad, f"step {k + 1}: {bad}"
+    solver.param.snapshot_prefix = str(in_dir / "gpu")
+    solver.snapshot()
+    resumed = caffe.get_solver("solver.prototxt", device="cpu")
+    resumed.restore(in_dir / f"gpu_iter_{meta['iters']}.solverstate")
+    assert resumed.iter == meta["iters"]

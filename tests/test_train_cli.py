@@ -93,11 +93,12 @@ def _time(m):
     return dt.datetime(2000, month, day, hh, mm, ss, us)
 
 
+LOSS_NOTE = r"( \(\* \S+ = \S+ loss\))?$"
 SHAPES = [  # (kind, regex) for the solver's own lines, in the order a line is classified
     ("test", re.compile(r"^Iteration (\d+), Testing net \(#(\d+)\)$")),
-    ("test_out", re.compile(r"^    Test net output #(\d+): (\S+) = \S+( \(\* \S+ = \S+ loss\))?$")),
+    ("test_out", re.compile(r"^    Test net output #(\d+): (\S+) = \S+" + LOSS_NOTE)),
     ("display", re.compile(r"^Iteration (\d+) \(\S+ iter/s, \S+s/(\d+) iters\), loss = \S+$")),
-    ("train_out", re.compile(r"^    Train net output #(\d+): (\S+) = \S+( \(\* \S+ = \S+ loss\))?$")),
+    ("train_out", re.compile(r"^    Train net output #(\d+): (\S+) = \S+" + LOSS_NOTE)),
     ("lr", re.compile(r"^Iteration (\d+), lr = \S+$")),
     ("final", re.compile(r"^Iteration (\d+), loss = \S+$")),
     ("model", re.compile(r"^Snapshotting to binary proto file \S+?_iter_(\d+)\.caffemodel$")),

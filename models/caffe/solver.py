@@ -130,12 +130,8 @@ class Solver:
     def _make_net(self, net_source, phase, extra_state):
         """Build a net from a file path or a NetParameter, with Caffe's NetState merge: the
         phase, then the net's own ``state``, then the solver's train_state/test_state."""
-        if isinstance(net_source, caffe_pb2.NetParameter):
-            param, _ = load_net_param(net_source)
-            network = param
-        else:
-            param, _ = load_net_param(net_source)
-            network = net_source
+        param, _ = load_net_param(net_source)
+        network = param if isinstance(net_source, caffe_pb2.NetParameter) else net_source
         merged = caffe_pb2.NetState(phase=phase)
         merged.MergeFrom(param.state)
         if extra_state is not None:
@@ -269,7 +265,7 @@ class Solver:
             display = bool(p.display) and self.iter % p.display == 0
             loss = f32(0)
             for _ in range(p.iter_size):
-                loss += f32(self.net.forward_backward())
+                loss += f32(self._forward_backward())
             loss /= f32(p.iter_size)
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             record = self._display() if display else None
@@ -287,6 +283,12 @@ class Solver:
             if stop_now:
                 self.requested_early_exit = True
                 break
+
+    def _forward_backward(self) -> float:
+        if any(self.net.layer_need_backward):
+            return self.net.forward_backward()
+        with torch.no_grad():          # nothing to learn (every lr_mult 0): Caffe just forwards
+            return self.net.forward_range(0, len(self.net.layers) - 1)
 
     def solve(self, resume_file=None):
         """Train to ``max_iter`` (Caffe's Solver::Solve), optionally resuming a .solverstate."""
