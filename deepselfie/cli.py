@@ -19,6 +19,7 @@ from .errors import UserError
 STAGE_MODULES = [
     "models.cli",
     "label.cli",
+    "models.caffe_tool",   # train, test, time: Caffe's tool
 ]
 
 

@@ -81,6 +81,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "processes": _k(int, 0, "processes that decode and encode images; 0 = one per CPU"),
         "commit_every": _k(int, 1000, "LMDB records per transaction"),
     },
+    "train": {
+        "sigint_effect": _k(str, "stop", "what SIGINT (Ctrl-C) does to training",
+                            choices=("stop", "snapshot", "none")),
+        "sighup_effect": _k(str, "snapshot", "what SIGHUP does to training",
+                            choices=("stop", "snapshot", "none")),
+        "metrics": _k(bool, True, "write <snapshot_prefix>_metrics.jsonl and _curve.png"),
+        "curve_interval_s": _k(float, 10.0, "least seconds between redraws of the curve PNG"),
+    },
 }
 
 
