@@ -51,7 +51,7 @@ def test_downloads_link_media_to_images(tmp_path):
 
 def test_a_failed_transaction_leaves_nothing(tmp_path):
     with Catalog(tmp_path / "c.sqlite") as cat:
-        with pytest.raises((sqlite3.IntegrityError, TypeError, AttributeError)):
+        with pytest.raises((sqlite3.IntegrityError, TypeError, ValueError)):
             cat.upsert_post(_post(created_at=None))
         assert cat.counts()["posts"] == 0 and cat.counts()["authors"] == 0
 
