@@ -164,7 +164,10 @@ def to_iso(value) -> str:
         raise ValueError(f"not a date and time: {value!r}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+    try:
+        return value.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+    except OverflowError:   # 0001-01-01T00:00:00+05:00
+        raise ValueError(f"date out of range: {value!r}") from None
 
 
 def host_of(url: str | None) -> str:

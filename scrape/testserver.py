@@ -16,6 +16,7 @@ without Retry-After, like Mastodon's), tags that answer 404.
 Faults, queued per path (and optionally per query) with ``fail(path, *faults)`` and used up one
 per request, or for every request with ``fail_always``:
   "429"        429 with an ISO X-RateLimit-Reset ``reset_after`` seconds ahead, no Retry-After
+  "retry-after:N"  429 with Retry-After: N (seconds)
   "500", "502", "503", "404", ...   that status with a JSON error body
   "timeout"    answer only after ``slow_seconds``
   "reset"      send the headers and half the body, then reset the connection (RST)
@@ -271,6 +272,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, headers, body = _json(429, {"error": "Too many requests"})
             headers.update({"X-RateLimit-Limit": "300", "X-RateLimit-Remaining": "0",
                             "X-RateLimit-Reset": _iso(time.time() + api.reset_after)})
+        elif fault and fault.startswith("retry-after:"):
+            status, headers, body = _json(429, {"error": "Too many requests"})
+            headers["Retry-After"] = fault.split(":", 1)[1]
         elif fault and fault.isdigit():
             status, headers, body = _json(int(fault), {"error": f"fault {fault}"})
         elif fault == "malformed":
