@@ -242,6 +242,7 @@ def _json(status: int, obj) -> tuple[int, dict, bytes]:
 class _Handler(http.server.BaseHTTPRequestHandler):
     api: MastodonAPIServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True   # headers and body go out as separate writes
     server_version = "Mastodon"
 
     def log_message(self, *args):   # quiet
