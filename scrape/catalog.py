@@ -5,7 +5,8 @@ The schema is versioned with ``PRAGMA user_version``; MIGRATIONS[i] takes versio
 Append a migration to change it; never edit one that has landed.
 
 Tables
-  authors    one row per account (acct as the home server spells it, e.g. alice@example.org)
+  authors    one row per account (acct as the home server spells it, e.g. alice@example.org);
+             noindex = 1 when the author has opted out since their posts were collected
   posts      one row per post, keyed by ``uri`` (the identity across servers)
   media      a post's attachments in order (``kind`` image, gifv, video, ...); ``sha256`` is set
              once the image is downloaded and kept
@@ -303,6 +304,12 @@ class Catalog:
             (acct, followers, None if indexable is None else int(indexable),
              None if noindex is None else int(noindex), now))
         return self.db.execute("SELECT id FROM authors WHERE acct = ?", (acct,)).fetchone()[0]
+
+    def mark_opted_out(self, acct: str) -> bool:
+        """An author we already have has opted out since: flag them (noindex = 1) so that later
+        stages leave their posts alone. Authors we do not have are not recorded. -> flagged?"""
+        return self.db.execute("UPDATE authors SET noindex = 1, updated_at = ? WHERE acct = ?",
+                               (utcnow(), acct)).rowcount > 0
 
     def upsert_post(self, post: PostRecord) -> tuple[int, bool]:
         """Insert or refresh a post (counts, fetched_at) and its media; -> (post id, is new).

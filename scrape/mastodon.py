@@ -32,9 +32,12 @@ _IMAGE_PATH = re.compile(r"\.(jpe?g|png|webp|gif)$", re.IGNORECASE)
 
 @dataclass
 class Skip:
-    """Why a status is not kept: 'opted out (noindex)', 'incomplete status (no uri)', ..."""
+    """Why a status is not kept: 'opted out (noindex)', 'incomplete status (no uri)', ...
+
+    ``opted_out`` names the author when the author (not just the post) opted out."""
 
     reason: str
+    opted_out: str | None = None
 
 
 def _text(html_text) -> str:
@@ -145,7 +148,8 @@ def parse_status(status, *, server: str, fetched_at: str) -> PostRecord | Skip:
         return Skip("incomplete status (no account)")
     reason = opt_out_reason(status, account)
     if reason:
-        return Skip(reason)
+        whole_account = "on post" not in reason
+        return Skip(reason, qualified_acct(account, server) if whole_account else None)
 
     uri = next((u for u in (status.get("uri"), status.get("url")) if isinstance(u, str) and u),
                None)

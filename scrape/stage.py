@@ -97,7 +97,9 @@ def run_scrape(cfg, *, source=None, servers=None, tags=None, max_posts=None, fol
             result = {"status": status, "seconds": round(time.monotonic() - started, 3),
                       **tally.as_dict()}
             cat.finish_run(run_id, result, status)
-    summary("scrape", describe(tally, result["seconds"]))
+            if status != "failed":
+                summary("scrape", describe(tally, result["seconds"])
+                        + ("" if status == "done" else f" ({status}: run again to go on)"))
     return result
 
 
@@ -160,18 +162,23 @@ def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home
         tally.add("pages")
 
         fetched_at = utcnow()
-        posts = []
+        posts, opted_out = [], []
         for status in page.statuses:
             post = parse_status(status, server=server, fetched_at=fetched_at)
             if refresh_home and not isinstance(post, Skip):
                 post = _refresh_from_home(post, fetcher, tokens, tally)
             if isinstance(post, Skip):
                 tally.add("posts_skipped", post.reason)
+                if post.opted_out:
+                    opted_out.append(post.opted_out)
             else:
                 posts.append(post)
 
         complete, post_ids = True, []
         with cat.transaction():
+            for acct in opted_out:
+                if cat.mark_opted_out(acct):
+                    tally.add("authors_flagged_opted_out")
             for post in posts:
                 if budget is not None and new >= budget:
                     complete = False      # --max-posts: the rest of this page waits
@@ -284,6 +291,7 @@ def describe(tally: Tally, seconds: float) -> str:
                         ("posts_skipped", "posts skipped"),
                         ("home_refreshed", "refreshed from home"),
                         ("home_refresh_failed", "home refreshes failed"),
+                        ("authors_flagged_opted_out", "authors we had flagged as opted out"),
                         ("tag_errors", "tags stopped early")):
         text = tally.describe(what, label)
         if text:

@@ -84,6 +84,7 @@ class MastodonAPIServer:
         self._lock = threading.Lock()
         self._window = (0.0, 0)          # rate limit: window start, requests in it
         self._httpd: http.server.ThreadingHTTPServer | None = None
+        self._url = ""
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ setup
@@ -94,6 +95,8 @@ class MastodonAPIServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
+        host, port = self._httpd.server_address[:2]
+        self._url = f"http://{host}:{port}"
         return self
 
     def stop(self) -> None:
@@ -110,8 +113,8 @@ class MastodonAPIServer:
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        """http://127.0.0.1:<port> (known once started; kept after stop)."""
+        return self._url
 
     @property
     def host(self) -> str:

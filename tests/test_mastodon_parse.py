@@ -40,7 +40,7 @@ def test_a_mastodon_tag_timeline():
     assert uncached.skip is None and uncached.width is None
 
     assert parse_status(third, server="https://big.example", fetched_at=NOW) == \
-        Skip("opted out (indexable: false)")
+        Skip("opted out (indexable: false)", opted_out="ana@quiet.example")
 
 
 def test_a_pixelfed_tag_timeline():
@@ -51,7 +51,7 @@ def test_a_pixelfed_tag_timeline():
     (m,) = p.media
     assert m.url.endswith("/photo.jpg") and (m.width, m.height, m.skip) == (None, None, None)
     assert parse_status(second, server="https://pix.example", fetched_at=NOW) == \
-        Skip("opted out (#noindex on post)")
+        Skip("opted out (#noindex on post)")     # the post only, not the author
 
 
 def _status(**changes):
@@ -87,8 +87,10 @@ def _status(**changes):
      "incomplete status (no account.acct)"),
 ])
 def test_skips_say_why(changes, reason):
-    assert parse_status(_status(**changes), server="https://big.example", fetched_at=NOW) == \
-        Skip(reason)
+    skip = parse_status(_status(**changes), server="https://big.example", fetched_at=NOW)
+    assert isinstance(skip, Skip) and skip.reason == reason
+    whole_account = reason.startswith("opted out") and "on post" not in reason
+    assert skip.opted_out == ("tom_k@big.example" if whole_account else None)
 
 
 def test_missing_optional_fields_are_fine():

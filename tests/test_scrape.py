@@ -257,6 +257,24 @@ def test_opt_outs_are_skipped_and_counted(tmp_path):
         "opted out (noindex: true)": 1}}
 
 
+def test_an_author_who_opts_out_later_is_flagged(tmp_path):
+    with ts.MastodonAPIServer() as srv:
+        acc = ts.account(srv.url, "fay", followers=5)
+        url = srv.add_file("/m/1.jpg", photo(1))
+        srv.add_status(ts.status(srv.url, "10", acc, likes=1, tags=["selfie"],
+                                 created_at=when(1), media=[ts.attachment(url)]))
+        cfg = config(tmp_path)
+        run_scrape(cfg, servers=[srv.url], tags=["selfie"])
+        acc["indexable"] = False
+        srv.add_status(ts.status(srv.url, "11", acc, likes=1, tags=["selfie"],
+                                 created_at=when(2), media=[ts.attachment(url)]))
+        result = run_scrape(cfg, servers=[srv.url], tags=["selfie"])
+    assert result["authors_flagged_opted_out"] == 1 and "posts_new" not in result
+    with Catalog(cfg.catalog_path) as cat:
+        assert [tuple(r) for r in cat.execute("SELECT acct, noindex FROM authors")] == [
+            (f"fay@{srv.host}", 1)]
+
+
 def test_refresh_from_the_home_server(servers, tmp_path):
     a, b = servers
     expected = build_two_servers(a, b, n_a=4, n_b=1, n_shared=4)
