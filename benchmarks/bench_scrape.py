@@ -54,7 +54,8 @@ def run_once(url: str, concurrency: int) -> dict:
     from deepselfie.config import load_config
     from scrape.stage import run_scrape
     with tempfile.TemporaryDirectory() as d:
-        cfg = load_config(None, data_dir=d, overrides=["scrape.min_side=64"])
+        cfg = load_config(None, data_dir=d, overrides=["scrape.min_side=64",
+                                                            "scrape.page_interval=0"])
         cpu0, t0 = time.process_time(), time.perf_counter()
         result = run_scrape(cfg, servers=[url], tags=["selfie"], concurrency=concurrency)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0

@@ -55,6 +55,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                      "$NAME reads the environment variable NAME"),
         "page_size": _k(int, 40, "statuses per timeline page (the API allows at most 40)"),
         "only_media": _k(bool, True, "ask only for posts with media attachments"),
+        "page_interval": _k(float, 3.0, "least seconds between timeline pages (after the "
+                            "first) per server: Mastodon allows 300 per 15 minutes"),
         "max_posts": _k(int, 0, "stop after this many new posts per run; 0 = no limit"),
         "concurrency": _k(int, 4, "image downloads at the same time"),
         "timeout": _k(float, 30.0, "seconds to wait for a server to connect or send data"),

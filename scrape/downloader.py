@@ -50,6 +50,12 @@ class Downloader:
                 self.bar.refresh()
         return n
 
+    def note(self, text: str) -> None:
+        """Show ``text`` next to the progress bar (what the paging is at)."""
+        if self.bar is not None:
+            with self._lock:
+                self.bar.set_postfix_str(text, refresh=False)
+
     def finish(self) -> None:
         """Wait for every queued download; re-raise the first unexpected error."""
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -81,7 +80,7 @@ class Fetcher:
     def __init__(self, *, timeout: float = 30.0, retries: int = 5, backoff: float = 1.0,
                  max_wait: float = 900.0, rate_limit_retries: int = 10,
                  user_agent: str = "deepselfie", stop: threading.Event | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, min_interval: dict | None = None):
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -89,7 +88,7 @@ class Fetcher:
         self.rate_limit_retries = rate_limit_retries
         self.user_agent = user_agent
         self.stop = stop or threading.Event()
-        self.pacer = Pacer(max_wait=max_wait, stop=self.stop)
+        self.pacer = Pacer(max_wait=max_wait, stop=self.stop, min_interval=min_interval)
         self.rng = rng or random.Random()
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
@@ -111,7 +110,7 @@ class Fetcher:
                 if failures > self.retries:
                     raise FetchError(f"{e.reason} (gave up after {failures} tries)",
                                      permanent=False) from None
-                wait = e.wait if e.wait is not None else self._backoff(failures)
+                wait = e.wait if e.wait is not None else self.backoff_delay(failures)
                 self.pacer.sleep(min(wait, self.max_wait))
                 continue
             if resp.status == 429:
@@ -120,7 +119,7 @@ class Fetcher:
                         if resp.headers.get("Retry-After") else
                         seconds_until(resp.headers.get("X-RateLimit-Reset"), resp.headers))
                 if wait is None:
-                    wait = self._backoff(limited)
+                    wait = self.backoff_delay(limited)
                 if limited > self.rate_limit_retries or wait > self.max_wait:
                     raise FetchError(f"rate limited (http 429, asked to wait {wait:.0f} s)",
                                      permanent=False)
@@ -150,7 +149,7 @@ class Fetcher:
     def _key(url: str, bucket: str):
         return origin(url) + (bucket,)
 
-    def _backoff(self, n: int) -> float:
+    def backoff_delay(self, n: int) -> float:
         """Exponential backoff with jitter: half fixed, half random."""
         base = min(self.backoff * 2 ** (n - 1), self.max_wait)
         return base / 2 + self.rng.uniform(0, base / 2)

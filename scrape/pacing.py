@@ -3,9 +3,10 @@
 Mastodon sends on API responses ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
 ``X-RateLimit-Reset`` (an ISO-8601 time); its 429 has no ``Retry-After``. The pacer spreads the
 remaining requests evenly over the time left until the reset, waits for the reset when none remain,
-and lets a 429 or 503 block the host for as long as the server asked. Requests are paced per
-(origin, bucket): the API ("api", where paging is limited hardest) and media files ("media") are
-paced separately, since servers limit them separately.
+and lets a 429 block the host for as long as the server asked. Requests are paced per (origin,
+bucket), since servers limit them separately: "api" (single requests), "paging" (timeline pages
+after the first: Mastodon allows 300 of those per 15 minutes, a limit its headers do not show, so
+a least interval applies) and "media" (image files). Keys are tuples ending with the bucket.
 """
 from __future__ import annotations
 
@@ -63,9 +64,11 @@ def seconds_until(value: str | None, headers, now: float | None = None) -> float
 class Pacer:
     """Thread-safe: ``wait(key)`` before each request, ``observe(key, headers)`` after it."""
 
-    def __init__(self, max_wait: float = 900.0, stop: threading.Event | None = None):
+    def __init__(self, max_wait: float = 900.0, stop: threading.Event | None = None,
+                 min_interval: dict | None = None):
         self.max_wait = max_wait
         self.stop = stop or threading.Event()
+        self.min_interval = dict(min_interval or {})   # bucket -> least seconds between asks
         self._lock = threading.Lock()
         self._next_free: dict = {}   # key -> monotonic time the next request may start
         self._interval: dict = {}    # key -> seconds between requests
@@ -75,7 +78,8 @@ class Pacer:
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next_free.get(key, now))
-            self._next_free[key] = start + self._interval.get(key, 0.0)
+            interval = max(self._interval.get(key, 0.0), self.min_interval.get(key[-1], 0.0))
+            self._next_free[key] = start + interval
         delay = start - now
         if delay > 0:
             self.sleep(delay)

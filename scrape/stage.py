@@ -59,8 +59,8 @@ def run_scrape(cfg, *, source=None, servers=None, tags=None, max_posts=None, fol
         args = {"source": source, "folder": str(folder), "metadata": str(metadata),
                 "max_posts": max_posts}
     elif source == "mastodon":
-        servers = [normalize_server(s) for s in (servers or sc.servers)]
-        tags = [normalize_tag(t) for t in (tags or sc.tags)]
+        servers = list(dict.fromkeys(normalize_server(s) for s in (servers or sc.servers)))
+        tags = list(dict.fromkeys(normalize_tag(t) for t in (tags or sc.tags)))
         if not servers or not tags:
             raise UserError("give at least one --server and one --tag", path="scrape")
         tokens = read_tokens(sc.tokens)
@@ -107,7 +107,8 @@ def _scrape_mastodon(cfg, cat, store, tally, *, servers, tags, tokens, max_posts
     sc = cfg.scrape
     stop = threading.Event()
     fetcher = Fetcher(timeout=sc.timeout, retries=sc.retries, backoff=sc.backoff,
-                      max_wait=sc.max_wait, user_agent=sc.user_agent, stop=stop)
+                      max_wait=sc.max_wait, user_agent=sc.user_agent, stop=stop,
+                      min_interval={"paging": sc.page_interval})
     bar = progress(total=0, desc="images", unit="img")
     downloader = Downloader(cfg.catalog_path, fetcher, store, concurrency=concurrency,
                             max_bytes=sc.max_bytes, tally=tally, bar=bar)
@@ -148,9 +149,11 @@ def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home
             except PageError as e:       # a proxy hiccup can send junk once: ask again
                 error = str(e)
                 if attempt < PAGE_TRIES:
-                    fetcher.pacer.sleep(fetcher._backoff(attempt))
+                    fetcher.pacer.sleep(fetcher.backoff_delay(attempt))
             except FetchError as e:
                 error = e.reason
+                if e.reason in ("http 401", "http 403") and not timeline.token:
+                    error += " (this server wants an access token: see scrape.tokens)"
                 break
         if page is None:   # leave this tag for this run; the cursor stays on the failed page
             with cat.transaction():
@@ -190,6 +193,8 @@ def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home
             if complete:
                 cat.set_cursor(server, tag, page.cursor)
         downloader.submit(cat.pending_downloads(post_ids=post_ids))
+        downloader.note(f"{host_of(server)} #{tag}: {tally['pages']} pages, "
+                        f"{tally['posts_new']} new posts")
         if not complete:
             break
         cursor = page.cursor

@@ -18,7 +18,7 @@ import json
 import urllib.parse
 from dataclasses import dataclass
 
-from .fetch import Fetcher, FetchError, origin
+from .fetch import Fetcher, origin
 
 MAX_PAGE_BYTES = 20_000_000
 
@@ -71,7 +71,10 @@ class TagTimeline:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        resp = fetcher.get(url, bucket="api", headers=headers, max_bytes=MAX_PAGE_BYTES)
+        paging = any(k in urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+                     for k in ("max_id", "min_id", "since_id", "page"))
+        resp = fetcher.get(url, bucket="paging" if paging else "api", headers=headers,
+                           max_bytes=MAX_PAGE_BYTES)
         try:
             statuses = json.loads(resp.body)
         except (UnicodeDecodeError, ValueError) as e:
@@ -107,7 +110,3 @@ class TagTimeline:
         oldest = min(ids, key=id_key)
         nxt = self.first_url(max_id=oldest)
         return None if nxt == url else nxt
-
-
-def describe_error(e: Exception) -> str:
-    return e.reason if isinstance(e, FetchError) else str(e)

@@ -132,6 +132,6 @@ def test_the_pacer_spreads_what_remains_and_waits_for_a_reset():
 def test_backoff_grows_with_jitter():
     f = fetcher(backoff=1.0, max_wait=100)
     for n in range(1, 6):
-        waits = [f._backoff(n) for _ in range(50)]
+        waits = [f.backoff_delay(n) for _ in range(50)]
         assert all(2 ** (n - 1) / 2 <= w <= 2 ** (n - 1) for w in waits)
         assert len(set(waits)) > 1

@@ -3,7 +3,9 @@ import json
 
 import pytest
 
+from deepselfie.config import load_config
 from scrape.catalog import Catalog
+from scrape.stage import run_scrape
 from scrape_corpus import HTML, photo, snapshot
 
 HEADER = "file,uri,author,followers,likes,tags,created_at,fetched_at\n"
@@ -74,8 +76,7 @@ def test_a_bad_row_is_one_clear_error_and_nothing_is_written(folder, tmp_path, c
                                                              message):
     data = tmp_path / "data"
     good = write_csv(tmp_path / "good.csv", ROWS[:1])
-    assert cli("scrape", "--source", "folder", "--folder", folder, "--metadata", good,
-               "--data-dir", data).returncode == 0
+    run_scrape(load_config(None, data_dir=data), source="folder", folder=folder, metadata=good)
     before = snapshot(data)
     bad = write_csv(tmp_path / "bad.csv", [ROWS[0], row])
     r = cli("scrape", "--source", "folder", "--folder", folder, "--metadata", bad,

@@ -12,7 +12,8 @@ from scrape.stage import run_scrape
 from scrape_corpus import HTML, bomb_png, build_two_servers, photo, snapshot, when
 
 TOKEN = "pixelfed-secret-token"
-FAST = ["scrape.backoff=0.01", "scrape.timeout=5", "scrape.retries=4", "scrape.max_wait=30"]
+FAST = ["scrape.backoff=0.01", "scrape.timeout=5", "scrape.retries=4", "scrape.max_wait=30",
+        "scrape.page_interval=0"]
 
 
 def config(data_dir, *overrides):
@@ -210,6 +211,21 @@ def test_rate_limit_headers_pace_the_paging(tmp_path):
     assert pages[-1].time - pages[0].time >= 1.0
 
 
+def test_pages_after_the_first_keep_the_page_interval(tmp_path):
+    with ts.MastodonAPIServer() as srv:
+        acc = ts.account(srv.url, "gus", followers=10)
+        url = srv.add_file("/m/1.jpg", photo(1))
+        for i in range(6):
+            srv.add_status(ts.status(srv.url, str(100 + i), acc, likes=i, tags=["selfie"],
+                                     created_at=when(i), media=[ts.attachment(url)]))
+        run_scrape(config(tmp_path, "scrape.page_size=2", "scrape.page_interval=0.25"),
+                   servers=[srv.url], tags=["selfie"])
+        pages = [r for r in srv.requests if r.path.startswith("/api/")]
+    assert len(pages) == 4 and "max_id" not in pages[0].query
+    gaps = [b.time - a.time for a, b in zip(pages[1:], pages[2:])]
+    assert all(g >= 0.25 - 0.02 for g in gaps), gaps
+
+
 def test_max_posts_stops_cleanly_and_the_next_runs_continue(servers, tmp_path):
     a, b = servers
     expected = build_two_servers(a, b, n_a=14, n_b=4, n_shared=3)
@@ -316,7 +332,8 @@ def test_a_missing_token_is_recorded_and_other_servers_go_on(servers, tmp_path):
     a, b = servers
     build_two_servers(a, b, n_a=3, n_b=3, n_shared=0)
     result = run_scrape(config(tmp_path), servers=[b.url, a.url], tags=["selfie"])
-    assert "http 401" in str(result["tag_errors"]) and result["posts_new"] == 2
+    assert "http 401 (this server wants an access token" in str(result["tag_errors"])
+    assert result["posts_new"] == 2
 
 
 @pytest.mark.parametrize("server", ["ftp://mastodon.example", "mastodon.social",

@@ -87,6 +87,7 @@ def _command(data_dir, a, b):
             "--server", a.url, "--server", b.url, "--tag", "selfie", "--tag", "me",
             "--concurrency", "3", "--set", "scrape.page_size=4", "--set", "scrape.backoff=0.01",
             "--set", "scrape.retries=4", "--set", "scrape.timeout=5",
+            "--set", "scrape.page_interval=0",
             "--set", f'scrape.tokens={{"{b.url}": "{TOKEN}"}}']
 
 
