@@ -56,6 +56,7 @@ def run_scrape(cfg, *, source=None, servers=None, tags=None, max_posts=None, fol
         if not folder or not metadata:
             raise UserError("the folder source needs --folder DIR and --metadata FILE.csv",
                             path="--source folder")
+        posts = read_metadata(metadata, folder, utcnow())   # all checked before any write
         args = {"source": source, "folder": str(folder), "metadata": str(metadata),
                 "max_posts": max_posts}
     elif source == "mastodon":
@@ -83,7 +84,6 @@ def run_scrape(cfg, *, source=None, servers=None, tags=None, max_posts=None, fol
         status = "failed"
         try:
             if source == "folder":
-                posts = read_metadata(metadata, folder, utcnow())
                 import_folder(cat, store, posts, tally=tally, max_posts=max_posts,
                               max_bytes=sc.max_bytes)
             else:

@@ -58,7 +58,7 @@ class TagTimeline:
         return f"{self.server}/api/v1/timelines/tag/{tag}?{urllib.parse.urlencode(query)}"
 
     def start(self, cursor: dict | None) -> dict:
-        """The cursor to page from: the saved one, or a new pass when there is none or it is done."""
+        """The cursor to page from: the saved one, else a new pass (none saved, or done)."""
         if cursor and not cursor.get("done") and cursor.get("next"):
             return dict(cursor)
         prev = (cursor or {}).get("newest")
