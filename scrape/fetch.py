@@ -3,7 +3,7 @@
 - only http and https, also after redirects (followed here, at most 5, each one checked; the
   access token is never sent to another origin);
 - retries with exponential backoff and jitter on timeouts, connection errors (a reset mid-body
-  included) and 5xx; none on other 4xx;
+  included) and 5xx; none on other 4xx, nor when the host name does not resolve;
 - 429: wait for ``Retry-After`` when present, else for ``X-RateLimit-Reset``, then ask again;
 - per-host pacing (scrape.pacing) from every response's rate-limit headers;
 - a byte limit, checked against Content-Length and while reading.
@@ -169,6 +169,8 @@ class Fetcher:
             except requests.Timeout:
                 raise _Transient("timeout") from None
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+                if _short(e) == "host not found":   # asking again now will not help; next run
+                    raise FetchError("host not found", permanent=False) from None
                 raise _Transient(f"connection error ({_short(e)})") from None
             except requests.RequestException as e:   # invalid URL, header, ...
                 raise FetchError(f"bad request ({_short(e)})", permanent=True) from None
@@ -217,10 +219,12 @@ class Fetcher:
         return b"".join(chunks)
 
 
-_KNOWN = [("reset by peer", "connection reset"), ("IncompleteRead", "body cut short"),
+_KNOWN = [("NameResolutionError", "host not found"), ("Failed to resolve", "host not found"),
+          ("Name or service not known", "host not found"),
+          ("nodename nor servname", "host not found"),
+          ("reset by peer", "connection reset"), ("IncompleteRead", "body cut short"),
           ("timed out", "read timed out"), ("Connection refused", "connection refused"),
-          ("Name or service not known", "host not found"), ("nodename nor servname", "host "
-          "not found"), ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted"),
+          ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted"),
           ("RemoteDisconnected", "server closed the connection")]
 
 

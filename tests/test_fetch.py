@@ -5,7 +5,7 @@ import pytest
 from requests.structures import CaseInsensitiveDict
 
 from scrape import testserver as ts
-from scrape.fetch import Fetcher, FetchError
+from scrape.fetch import Fetcher, FetchError, _short
 from scrape.pacing import Pacer, seconds_until
 
 
@@ -135,3 +135,16 @@ def test_backoff_grows_with_jitter():
         waits = [f.backoff_delay(n) for _ in range(50)]
         assert all(2 ** (n - 1) / 2 <= w <= 2 ** (n - 1) for w in waits)
         assert len(set(waits)) > 1
+
+
+
+def test_failures_get_short_names():
+    # what requests raises when a host name does not resolve (no lookup here: no network)
+    dns = ConnectionError("HTTPSConnectionPool(host='files.example', port=443): Max retries "
+                          "exceeded with url: /x.jpg (Caused by NameResolutionError(\"Failed to "
+                          "resolve 'files.example' ([Errno -3] Temporary failure in name "
+                          "resolution)\"))")
+    assert _short(dns) == "host not found"
+    assert _short(ConnectionError("('Connection aborted.', ConnectionResetError(104, "
+                                  "'Connection reset by peer'))")) == "connection reset"
+    assert _short(ValueError("x" * 200)).endswith("...")
