@@ -25,6 +25,8 @@ from .pacing import Pacer, Stopped, seconds_until
 
 MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
+HOST_GIVE_UP = 5    # after this many requests in a row to a host used up their retries, the rest
+                    # of the run fails at once for that host (a dead server; the next run retries)
 
 
 class FetchError(Exception):
@@ -93,12 +95,17 @@ class Fetcher:
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
+        self._given_up: dict = {}        # origin -> requests in a row that used up their retries
 
     # ------------------------------------------------------------ public
     def get(self, url: str, *, bucket: str = "media", headers: dict | None = None,
             max_bytes: int = 50_000_000) -> Response:
         """GET ``url`` with retries; 2xx -> Response, else FetchError. Stopped on Ctrl-C."""
         check_http_url(url)
+        host = origin(url)
+        if self._given_up.get(host, 0) >= HOST_GIVE_UP:
+            raise FetchError(f"host keeps failing ({HOST_GIVE_UP} requests in a row)",
+                             permanent=False)
         failures = limited = 0
         while True:
             if self.stop.is_set():
@@ -108,6 +115,8 @@ class Fetcher:
             except _Transient as e:
                 failures += 1
                 if failures > self.retries:
+                    with self._sessions_lock:
+                        self._given_up[host] = self._given_up.get(host, 0) + 1
                     raise FetchError(f"{e.reason} (gave up after {failures} tries)",
                                      permanent=False) from None
                 wait = e.wait if e.wait is not None else self.backoff_delay(failures)
@@ -125,6 +134,7 @@ class Fetcher:
                                      permanent=False)
                 self.pacer.block(self._key(resp.url, bucket), wait)
                 continue
+            self._given_up.pop(host, None)
             return resp
 
     def close(self) -> None:

@@ -35,6 +35,26 @@ def test_5xx_is_retried_then_given_up(srv):
     assert len(srv.requests) == 4
 
 
+def test_a_host_that_keeps_failing_is_left_alone_for_the_run(srv):
+    f = fetcher(retries=1)
+    srv.add_file("/g.jpg", b"y")
+    srv.fail_always("/f.jpg", "500")
+    for _ in range(5):
+        with pytest.raises(FetchError, match="gave up after 2 tries"):
+            f.get(srv.url + "/f.jpg")
+    n = len(srv.requests)
+    with pytest.raises(FetchError, match="host keeps failing") as e:
+        f.get(srv.url + "/g.jpg")
+    assert not e.value.permanent and len(srv.requests) == n
+    fresh = fetcher(retries=1)             # a success in between resets the count
+    for _ in range(4):
+        with pytest.raises(FetchError):
+            fresh.get(srv.url + "/f.jpg")
+    assert fresh.get(srv.url + "/g.jpg").body == b"y"
+    with pytest.raises(FetchError, match="gave up"):
+        fresh.get(srv.url + "/f.jpg")
+
+
 def test_a_burst_of_faults_then_success(srv):
     srv.fail("/f.jpg", "503", "reset", "500")
     assert fetcher(retries=3).get(srv.url + "/f.jpg").body == b"x" * 1000
