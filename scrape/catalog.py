@@ -476,9 +476,9 @@ class Catalog:
             "pending_downloads": self.db.execute(
                 """SELECT COUNT(*) FROM media m LEFT JOIN downloads d ON d.media_id = m.id
                    WHERE d.status IS NULL""").fetchone()[0],
-            "downloads_by_reason": grouped(
-                """SELECT status || ': ' || COALESCE(reason, '') AS k, COUNT(*) FROM downloads
-                   WHERE status != 'ok' GROUP BY k ORDER BY COUNT(*) DESC, k"""),
+            "downloads_by_reason": _by_kind(self.db.execute(
+                """SELECT status, COALESCE(reason, ''), COUNT(*) FROM downloads
+                   WHERE status != 'ok' GROUP BY status, reason""")),
             "cursors": {f"{s} #{t}": json.loads(state) for s, t, state in self.db.execute(
                 "SELECT server, tag, state FROM cursors ORDER BY server, tag")},
         }
@@ -506,6 +506,16 @@ class Catalog:
         """One dict per post with exactly EXPORT_KEYS, as `deepselfie catalog export` writes."""
         for post in self.iter_posts():
             yield {k: post[k] for k in EXPORT_KEYS}
+
+
+def _by_kind(rows) -> dict:
+    """(status, reason, n) rows -> {'status: reason kind': n}, most frequent first."""
+    from .tally import reason_kind
+    counts: dict = {}
+    for status, reason, n in rows:
+        key = f"{status}: {reason_kind(reason)}"
+        counts[key] = counts.get(key, 0) + n
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _may_replace(post: PostRecord, stored_server: str) -> bool:

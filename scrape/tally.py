@@ -1,8 +1,26 @@
-"""A thread-safe tally of what a run did, with the reasons: the stage's summary line and JSON."""
+"""A thread-safe tally of what a run did, with the reasons: the stage's summary line and JSON.
+
+Reasons are counted by kind (their numbers left out), so a summary stays one short line however
+many images a run skipped; the catalog's downloads table keeps each full reason."""
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter, defaultdict
+
+
+_DETAIL = re.compile(r"\s*\((?=[^()]*\d)[^()]*\)")
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its numbers, to count alike reasons together:
+    'too small (40x30, min side 128)' -> 'too small'; 'http 503 (gave up after 5 tries)' ->
+    'http 503'; 'not an image (gifv)' stays."""
+    while True:
+        shorter = _DETAIL.sub("", reason)
+        if shorter == reason:
+            return reason
+        reason = shorter
 
 
 class Tally:
@@ -15,7 +33,7 @@ class Tally:
         with self._lock:
             self.counts[what] += n
             if reason:
-                self.reasons[what][reason] += n
+                self.reasons[what][reason_kind(reason)] += n
 
     def __getitem__(self, what: str) -> int:
         return self.counts[what]

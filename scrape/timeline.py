@@ -77,8 +77,11 @@ class TagTimeline:
                            max_bytes=MAX_PAGE_BYTES)
         try:
             statuses = json.loads(resp.body)
+        except json.JSONDecodeError as e:
+            raise PageError(f"malformed JSON page ({e.msg}: line {e.lineno} column "
+                            f"{e.colno})") from None
         except (UnicodeDecodeError, ValueError) as e:
-            raise PageError(f"malformed JSON page ({type(e).__name__}: {str(e)[:60]})") from None
+            raise PageError(f"malformed JSON page ({str(e)[:60]})") from None
         if not isinstance(statuses, list):
             raise PageError(f"unexpected page: a JSON {type(statuses).__name__}, not a list")
 
