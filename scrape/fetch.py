@@ -94,7 +94,7 @@ class Fetcher:
         self.rng = rng or random.Random()
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
-        self._sessions_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._given_up: dict = {}        # origin -> requests in a row that used up their retries
 
     # ------------------------------------------------------------ public
@@ -115,7 +115,7 @@ class Fetcher:
             except _Transient as e:
                 failures += 1
                 if failures > self.retries:
-                    with self._sessions_lock:
+                    with self._lock:
                         self._given_up[host] = self._given_up.get(host, 0) + 1
                     raise FetchError(f"{e.reason} (gave up after {failures} tries)",
                                      permanent=False) from None
@@ -138,7 +138,7 @@ class Fetcher:
             return resp
 
     def close(self) -> None:
-        with self._sessions_lock:
+        with self._lock:
             for s in self._sessions:
                 s.close()
             self._sessions.clear()
@@ -151,7 +151,7 @@ class Fetcher:
             s.headers["User-Agent"] = self.user_agent
             s.trust_env = False   # no proxies or .netrc credentials picked up behind our back
             self._local.session = s
-            with self._sessions_lock:
+            with self._lock:
                 self._sessions.append(s)
         return s
 
