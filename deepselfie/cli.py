@@ -17,9 +17,10 @@ from .errors import UserError
 
 # The modules that register subcommands, in the order --help lists them.
 STAGE_MODULES = [
-    "models.cli",
-    "label.cli",
+    "scrape.cli",          # scrape, catalog
+    "label.cli",           # label
     "models.caffe_tool",   # train, test, time: Caffe's tool
+    "models.cli",          # score, fetch-weights
 ]
 
 

@@ -89,6 +89,34 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "metrics": _k(bool, True, "write <snapshot_prefix>_metrics.jsonl and _curve.png"),
         "curve_interval_s": _k(float, 10.0, "least seconds between redraws of the curve PNG"),
     },
+    "scrape": {
+        "source": _k(str, "mastodon", "where posts come from", choices=("mastodon", "folder")),
+        "servers": _k(list, ["https://mastodon.social"], "Mastodon-API servers (Mastodon, "
+                      "Pixelfed) whose hashtag timelines are read", item=str),
+        "tags": _k(list, ["selfie"], "hashtags to collect, without #", item=str),
+        "tokens": _k(dict, {}, "access token per server URL (Pixelfed needs one); a value "
+                     "$NAME reads the environment variable NAME"),
+        "page_size": _k(int, 40, "statuses per timeline page (the API allows at most 40)"),
+        "only_media": _k(bool, True, "ask only for posts with media attachments"),
+        "page_interval": _k(float, 3.0, "least seconds between timeline pages (after the "
+                            "first) per server: Mastodon allows 300 per 15 minutes"),
+        "max_posts": _k(int, 0, "stop after this many new posts per run; 0 = no limit"),
+        "concurrency": _k(int, 4, "image downloads at the same time"),
+        "timeout": _k(float, 30.0, "seconds to wait for a server to connect or send data"),
+        "retries": _k(int, 5, "retries on timeouts, connection errors and 5xx"),
+        "backoff": _k(float, 1.0, "first retry delay in seconds; doubles each retry, jittered"),
+        "max_wait": _k(float, 900.0, "longest wait for a rate limit, in seconds"),
+        "max_bytes": _k(int, 20_000_000, "largest image file accepted, in bytes"),
+        "max_pixels": _k(int, 50_000_000, "most pixels an image may have (decompression bombs)"),
+        "min_side": _k(int, 128, "smallest width or height an image may have, in pixels"),
+        "refresh_home": _k(bool, False, "re-read each post seen on another server from its "
+                           "home server (fresher counts; one more request per post)"),
+        "user_agent": _k(str, "deepselfie/0.1 (research scraper; honors #nobot and #noindex)",
+                         "User-Agent sent with every request"),
+        "folder": _k(str, None, "folder source: the folder of images", nullable=True),
+        "metadata": _k(str, None, "folder source: the CSV describing the images",
+                       nullable=True),
+    },
 }
 
 

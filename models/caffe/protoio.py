@@ -120,7 +120,7 @@ def blob_shape(blob: caffe_pb2.BlobProto) -> tuple:
         return tuple(int(d) for d in blob.shape.dim)
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         return (blob.num, blob.channels, blob.height, blob.width)
-    return (len(blob.data) or len(blob.double_data),)
+    return ()          # Caffe writes no shape for a 0-axis (scalar) blob
 
 
 def blob_is_legacy(blob: caffe_pb2.BlobProto) -> bool:
