@@ -63,15 +63,7 @@ def _random_images(n, size, seed, amplitude):
     return rng.uniform(-amplitude, amplitude, (n, 3, size, size)).astype(np.float32)
 
 
-KNOWN_BUGS = {   # runtime bugs these tests found; strict: the mark must go when the bug is fixed
-    "activations": "PReLU channel_shared: the runtime's slope blob has shape (1,), Caffe's has "
-                   "shape () (0 axes), so real Caffe refuses the saved .caffemodel (net.cpp:759)",
-}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n]))
-    if n in KNOWN_BUGS else n for n in NET_CASES])
+@pytest.mark.parametrize("name", NET_CASES)
 def test_golden_net_saved_by_runtime_runs_the_same_in_real_caffe(golden, tmp_path, name):
     case = golden / "nets" / name
     phase = json.loads((case / "meta.json").read_text())["phase"]

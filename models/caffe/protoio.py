@@ -202,7 +202,7 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def encode_blob(arr) -> bytes:
     """BlobProto bytes: shape { dim... } and packed float data."""
-    arr = np.ascontiguousarray(arr, dtype="<f4")
+    arr = np.asarray(arr, dtype="<f4")          # (ascontiguousarray would make 0-d arrays 1-d)
     dims = b"".join(_varint(int(d)) for d in arr.shape)
     shape = _field(1, dims) if arr.shape else b""
     return _field(7, shape) + _field(5, arr.tobytes())
