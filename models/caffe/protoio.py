@@ -204,8 +204,8 @@ def encode_blob(arr) -> bytes:
     """BlobProto bytes: shape { dim... } and packed float data."""
     arr = np.asarray(arr, dtype="<f4")          # (ascontiguousarray would make 0-d arrays 1-d)
     dims = b"".join(_varint(int(d)) for d in arr.shape)
-    shape = _field(1, dims) if arr.shape else b""
-    return _field(7, shape) + _field(5, arr.tobytes())
+    shape = _field(7, _field(1, dims)) if arr.shape else b""   # scalars: no shape, as Caffe
+    return shape + _field(5, arr.tobytes())
 
 
 def encode_net(net: caffe_pb2.NetParameter, layer_blobs: list) -> bytes:
