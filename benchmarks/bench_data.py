@@ -1,0 +1,143 @@
+"""Data layer throughput: images per second out of an encoded LMDB of 256x256 JPEGs (TRAIN,
+crop 224, mirror, per-channel mean), with 1 and 2 decode workers, side by side with a plain PIL
+decode loop over the same JPEG bytes, in one run. Then how long the trainer waits per batch when
+its own step (simulated: the CPU is idle, as while a GPU computes) takes longer than decoding.
+
+    python benchmarks/bench_data.py [--images 256] [--batch 32] [--batches 20]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import models.caffe as caffe  # noqa: E402
+from models.caffe import db, prefetch  # noqa: E402
+from models.caffe.proto import caffe_pb2  # noqa: E402
+
+
+def make_jpegs(n: int, size: int = 256, quality: int = 90) -> list[bytes]:
+    """n JPEGs of real photographs (scikit-image's data), random crops resized to size x size."""
+    from skimage import data
+    photos = [getattr(data, name)() for name in
+              ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "cat")]
+    rs = np.random.RandomState(0)
+    out = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = rs.randint(min(h, w) // 2, min(h, w) + 1)
+        y, x = rs.randint(0, h - side + 1), rs.randint(0, w - side + 1)
+        im = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality)
+        out.append(buf.getvalue())
+    return out
+
+
+def pil_loop(jpegs: list[bytes], count: int) -> tuple[float, float]:
+    """(img/s, CPU ms per image) of the plain loop: bytes -> PIL decode -> RGB numpy array."""
+    c, t = time.process_time(), time.perf_counter()
+    for i in range(count):
+        with Image.open(io.BytesIO(jpegs[i % len(jpegs)])) as im:
+            arr = np.asarray(im.convert("RGB"))
+    assert arr.shape == (256, 256, 3)
+    return count / (time.perf_counter() - t), 1e3 * (time.process_time() - c) / count
+
+
+def net_file(folder: pathlib.Path, source: pathlib.Path, batch: int) -> pathlib.Path:
+    path = folder / "bench.prototxt"
+    path.write_text(f"""name: "bench"
+layer {{ name: "data" type: "Data" top: "data" top: "label"
+  transform_param {{ crop_size: 224 mirror: true
+    mean_value: 104 mean_value: 117 mean_value: 123 }}
+  data_param {{ source: "{source}" backend: LMDB batch_size: {batch} prefetch: 4 }} }}
+""")
+    return path
+
+
+def data_net(prototxt, workers: int):
+    prefetch.set_decode_workers(workers)
+    caffe.set_random_seed(0)
+    return caffe.Net(str(prototxt), caffe.TRAIN)
+
+
+def layer_rate(net, batches: int, step_s: float = 0.0):
+    """(img/s, CPU ms per image, ms per batch forward() waited for a batch) in steady state:
+    the batches made ahead while the net sat idle are taken first, then ``batches`` timed."""
+    prefetcher = net.layers[0]._prefetcher
+    while prefetcher._ready.qsize():
+        net.forward()
+    waited = 0.0
+    take = prefetcher.next
+
+    def timed_next():
+        nonlocal waited
+        t0 = time.perf_counter()
+        try:
+            return take()
+        finally:
+            waited += time.perf_counter() - t0
+    prefetcher.next = timed_next
+    c, t = time.process_time(), time.perf_counter()
+    for _ in range(batches):
+        net.forward()
+        if step_s:
+            time.sleep(step_s)              # the trainer's step, CPU idle (a GPU computing)
+    elapsed, cpu = time.perf_counter() - t, time.process_time() - c
+    del prefetcher.next
+    n = net.blobs["data"].data.shape[0] * batches
+    return n / elapsed, 1e3 * cpu / n, 1e3 * waited / batches
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=256, help="JPEGs in the LMDB")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=10, help="batches timed per round")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of side-by-side timing; the best round of each counts")
+    args = ap.parse_args()
+
+    jpegs = make_jpegs(args.images)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        db.write_lmdb(tmp / "db", ((f"{i:08d}".encode(), caffe_pb2.Datum(
+            encoded=True, data=b, label=i % 2).SerializeToString()) for i, b in enumerate(jpegs)))
+        prototxt = net_file(tmp, tmp / "db", args.batch)
+        nets = {1: data_net(prototxt, 1), 2: data_net(prototxt, 2)}
+        count = args.batch * args.batches
+        pil_loop(jpegs, 64)                                  # warm up
+        best = {"pil": (0, 0), 1: (0, 0), 2: (0, 0)}
+        for _ in range(args.rounds):                         # interleaved: load hits all alike
+            runs = {"pil": pil_loop(jpegs, count)}
+            for w, net in nets.items():
+                runs[w] = layer_rate(net, args.batches)[:2]
+            best = {k: max(best[k], runs[k]) for k in best}
+        (base, base_cpu), (one, one_cpu), (two, two_cpu) = best["pil"], best[1], best[2]
+        print(f"encoded LMDB of {args.images} JPEGs 256x256; Data layer TRAIN, crop 224, mirror, "
+              f"mean_value, batch {args.batch}; best of {args.rounds} interleaved rounds of "
+              f"{count} images")
+        print(f"  plain PIL decode loop   {base:7.1f} img/s            "
+              f"{base_cpu:5.2f} CPU ms/img")
+        print(f"  Data layer, 1 worker    {one:7.1f} img/s  {one / base:5.2f}x PIL   "
+              f"{one_cpu:5.2f} CPU ms/img")
+        print(f"  Data layer, 2 workers   {two:7.1f} img/s  {two / base:5.2f}x PIL   "
+              f"{two_cpu:5.2f} CPU ms/img   {two / one:5.2f}x 1 worker")
+        # the trainer's view: a step 1.5x as long as making a batch with 2 workers
+        step = 1.5 * args.batch / two
+        _, _, wait = layer_rate(nets[2], args.batches, step_s=step)
+        print(f"  trainer step of {1e3 * step:.1f} ms per batch (CPU idle, as while a GPU "
+              f"computes): forward() waited {wait:.2f} ms per batch for data")
+
+
+if __name__ == "__main__":
+    main()
