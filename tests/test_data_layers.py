@@ -223,6 +223,18 @@ def test_mean_value_one_for_all_channels_or_one_each(tmp_path):
         data_net(tmp_path, tmp_path / "db", "mean_value: 1 mean_value: 2")
 
 
+def test_each_batch_takes_the_size_of_its_first_image(tmp_path):
+    small, large = (np.full((3, 4, 5), 1, np.uint8), np.full((3, 6, 7), 2, np.uint8))
+    write_datum_lmdb(tmp_path / "db", raw_datums([small, large]))
+    net = data_net(tmp_path, tmp_path / "db", batch=1, phase="TEST")
+    shapes = []
+    for _ in range(3):
+        net.forward()
+        shapes.append(net.blobs["data"].data.shape)
+    assert shapes == [(1, 3, 4, 5), (1, 3, 6, 7), (1, 3, 4, 5)]
+    assert (net.blobs["data"].data == 1).all()
+
+
 def test_float_data_datums(tmp_path):
     values = np.random.RandomState(3).normal(size=(2, 4, 5)).astype(np.float32)
     write_datum_lmdb(tmp_path / "db", raw_datums([values], [1]))
