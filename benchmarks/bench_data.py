@@ -3,11 +3,12 @@ crop 224, mirror, per-channel mean), with 1 and 2 decode workers, side by side w
 decode loop over the same JPEG bytes, in one run. Then how long the trainer waits per batch when
 its own step (simulated: the CPU is idle, as while a GPU computes) takes longer than decoding.
 
-    python benchmarks/bench_data.py [--images 256] [--batch 32] [--batches 20]
+    python benchmarks/bench_data.py [--images 256] [--batch 32] [--batches 10] [--rounds 5]
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import io
 import pathlib
 import sys
@@ -43,13 +44,24 @@ def make_jpegs(n: int, size: int = 256, quality: int = 90) -> list[bytes]:
     return out
 
 
-def pil_loop(jpegs: list[bytes], count: int) -> tuple[float, float]:
-    """(img/s, CPU ms per image) of the plain loop: bytes -> PIL decode -> RGB numpy array."""
+def pil_decode(jpeg: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(jpeg)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def pil_loop(jpegs: list[bytes], count: int, threads: int = 1) -> tuple[float, float]:
+    """(img/s, CPU ms per image) of the plain loop bytes -> PIL decode -> RGB numpy array, on
+    one thread or split over ``threads`` (what the machine allows at the moment)."""
+    def loop(k):
+        for i in range(k, count, threads):
+            arr = pil_decode(jpegs[i % len(jpegs)])
+        assert arr.shape == (256, 256, 3)
     c, t = time.process_time(), time.perf_counter()
-    for i in range(count):
-        with Image.open(io.BytesIO(jpegs[i % len(jpegs)])) as im:
-            arr = np.asarray(im.convert("RGB"))
-    assert arr.shape == (256, 256, 3)
+    if threads == 1:
+        loop(0)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(loop, range(threads)))
     return count / (time.perf_counter() - t), 1e3 * (time.process_time() - c) / count
 
 
@@ -64,16 +76,16 @@ layer {{ name: "data" type: "Data" top: "data" top: "label"
     return path
 
 
-def data_net(prototxt, workers: int):
+def layer_rate(prototxt, workers: int, batches: int, step_s: float = 0.0):
+    """(img/s, CPU ms per image, ms per batch forward() waited for a batch) in steady state.
+    The net is built, its queue left to fill and then emptied, ``batches`` are timed, and its
+    threads are stopped before returning, so nothing runs behind another measurement."""
     prefetch.set_decode_workers(workers)
     caffe.set_random_seed(0)
-    return caffe.Net(str(prototxt), caffe.TRAIN)
-
-
-def layer_rate(net, batches: int, step_s: float = 0.0):
-    """(img/s, CPU ms per image, ms per batch forward() waited for a batch) in steady state:
-    the batches made ahead while the net sat idle are taken first, then ``batches`` timed."""
+    net = caffe.Net(str(prototxt), caffe.TRAIN)
     prefetcher = net.layers[0]._prefetcher
+    while prefetcher._ready.qsize() < net.layers[0].param.data_param.prefetch:
+        time.sleep(0.01)
     while prefetcher._ready.qsize():
         net.forward()
     waited = 0.0
@@ -93,8 +105,9 @@ def layer_rate(net, batches: int, step_s: float = 0.0):
         if step_s:
             time.sleep(step_s)              # the trainer's step, CPU idle (a GPU computing)
     elapsed, cpu = time.perf_counter() - t, time.process_time() - c
-    del prefetcher.next
     n = net.blobs["data"].data.shape[0] * batches
+    prefetcher.close()
+    prefetcher._thread.join()
     return n / elapsed, 1e3 * cpu / n, 1e3 * waited / batches
 
 
@@ -113,28 +126,31 @@ def main():
         db.write_lmdb(tmp / "db", ((f"{i:08d}".encode(), caffe_pb2.Datum(
             encoded=True, data=b, label=i % 2).SerializeToString()) for i, b in enumerate(jpegs)))
         prototxt = net_file(tmp, tmp / "db", args.batch)
-        nets = {1: data_net(prototxt, 1), 2: data_net(prototxt, 2)}
         count = args.batch * args.batches
         pil_loop(jpegs, 64)                                  # warm up
-        best = {"pil": (0, 0), 1: (0, 0), 2: (0, 0)}
+        best = {"pil": (0, 0), "pil2": (0, 0), 1: (0, 0), 2: (0, 0)}
         for _ in range(args.rounds):                         # interleaved: load hits all alike
-            runs = {"pil": pil_loop(jpegs, count)}
-            for w, net in nets.items():
-                runs[w] = layer_rate(net, args.batches)[:2]
+            runs = {"pil": pil_loop(jpegs, count), "pil2": pil_loop(jpegs, count, threads=2)}
+            for workers in (1, 2):
+                runs[workers] = layer_rate(prototxt, workers, args.batches)[:2]
             best = {k: max(best[k], runs[k]) for k in best}
         (base, base_cpu), (one, one_cpu), (two, two_cpu) = best["pil"], best[1], best[2]
+        base2, base2_cpu = best["pil2"]
         print(f"encoded LMDB of {args.images} JPEGs 256x256; Data layer TRAIN, crop 224, mirror, "
               f"mean_value, batch {args.batch}; best of {args.rounds} interleaved rounds of "
               f"{count} images")
         print(f"  plain PIL decode loop   {base:7.1f} img/s            "
               f"{base_cpu:5.2f} CPU ms/img")
+        print(f"  plain PIL, 2 threads    {base2:7.1f} img/s  {base2 / base:5.2f}x PIL   "
+              f"{base2_cpu:5.2f} CPU ms/img   (what 2 threads get on this machine now)")
         print(f"  Data layer, 1 worker    {one:7.1f} img/s  {one / base:5.2f}x PIL   "
               f"{one_cpu:5.2f} CPU ms/img")
         print(f"  Data layer, 2 workers   {two:7.1f} img/s  {two / base:5.2f}x PIL   "
-              f"{two_cpu:5.2f} CPU ms/img   {two / one:5.2f}x 1 worker")
+              f"{two_cpu:5.2f} CPU ms/img   {two / one:5.2f}x 1 worker, "
+              f"{two / base2:5.2f}x PIL on 2 threads")
         # the trainer's view: a step 1.5x as long as making a batch with 2 workers
         step = 1.5 * args.batch / two
-        _, _, wait = layer_rate(nets[2], args.batches, step_s=step)
+        _, _, wait = layer_rate(prototxt, 2, args.batches, step_s=step)
         print(f"  trainer step of {1e3 * step:.1f} ms per batch (CPU idle, as while a GPU "
               f"computes): forward() waited {wait:.2f} ms per batch for data")
 

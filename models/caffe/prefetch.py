@@ -83,12 +83,18 @@ class DecodePool:
                       if self.workers > 1 else None)
 
     def run(self, fn, items) -> None:
-        """``fn(*item)`` for every item; returns when all are done (the first error is raised)."""
+        """``fn(*item)`` for every item, the items dealt round-robin to the workers; returns
+        when all are done (the first error is raised)."""
         if self._pool is None:
             for item in items:
                 fn(*item)
             return
-        futures = [self._pool.submit(fn, *item) for item in items]
+
+        def run_share(share):
+            for item in share:
+                fn(*item)
+        futures = [self._pool.submit(run_share, items[k::self.workers])
+                   for k in range(min(self.workers, len(items)))]
         for f in futures:
             f.result()
 
