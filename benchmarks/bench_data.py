@@ -4,6 +4,7 @@ decode loop over the same JPEG bytes, in one run. Then how long the trainer wait
 its own step (simulated: the CPU is idle, as while a GPU computes) takes longer than decoding.
 
     python benchmarks/bench_data.py [--images 256] [--batch 32] [--batches 10] [--rounds 5]
+                                    [--torch-threads 1]
 """
 from __future__ import annotations
 
@@ -78,8 +79,9 @@ layer {{ name: "data" type: "Data" top: "data" top: "label"
 
 def layer_rate(prototxt, workers: int, batches: int, step_s: float = 0.0):
     """(img/s, CPU ms per image, ms per batch forward() waited for a batch) in steady state.
-    The net is built, its queue left to fill and then emptied, ``batches`` are timed, and its
-    threads are stopped before returning, so nothing runs behind another measurement."""
+    The net is built, its queue left to fill and then emptied (with ``step_s``, the trainer's
+    step, a few steps more), ``batches`` are timed, and its threads are stopped before
+    returning, so nothing runs behind another measurement."""
     prefetch.set_decode_workers(workers)
     caffe.set_random_seed(0)
     net = caffe.Net(str(prototxt), caffe.TRAIN)
@@ -88,6 +90,9 @@ def layer_rate(prototxt, workers: int, batches: int, step_s: float = 0.0):
         time.sleep(0.01)
     while prefetcher._ready.qsize():
         net.forward()
+    for _ in range(5 if step_s else 0):     # with a slower trainer: reach its steady state
+        net.forward()
+        time.sleep(step_s)
     waited = 0.0
     take = prefetcher.next
 
@@ -118,7 +123,12 @@ def main():
     ap.add_argument("--batches", type=int, default=10, help="batches timed per round")
     ap.add_argument("--rounds", type=int, default=5,
                     help="rounds of side-by-side timing; the best round of each counts")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch's CPU threads (1: as when a GPU computes; more, and OpenMP "
+                         "workers spinning after each batch copy take CPU from the decoders)")
     args = ap.parse_args()
+    import torch
+    torch.set_num_threads(args.torch_threads)
 
     jpegs = make_jpegs(args.images)
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +148,7 @@ def main():
         base2, base2_cpu = best["pil2"]
         print(f"encoded LMDB of {args.images} JPEGs 256x256; Data layer TRAIN, crop 224, mirror, "
               f"mean_value, batch {args.batch}; best of {args.rounds} interleaved rounds of "
-              f"{count} images")
+              f"{count} images; torch threads {args.torch_threads}")
         print(f"  plain PIL decode loop   {base:7.1f} img/s            "
               f"{base_cpu:5.2f} CPU ms/img")
         print(f"  plain PIL, 2 threads    {base2:7.1f} img/s  {base2 / base:5.2f}x PIL   "
