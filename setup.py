@@ -26,10 +26,13 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
+        "leveldb": ["plyvel>=1.5"],  # Data layers with backend: LEVELDB
         "test": [
             "pytest>=7",
             "hypothesis>=6",
             "grpcio-tools==1.85.1",  # protoc for the caffe_pb2 staleness test
+            "plyvel>=1.5",  # the LevelDB backend's test
+            "opencv-python-headless>=4.5",  # reference for OpenCV-exact decoding and resizing
         ],
     },
     entry_points={"console_scripts": ["deepselfie = deepselfie.cli:main"]},

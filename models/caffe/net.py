@@ -465,6 +465,14 @@ class Net:
             else self.outputs
         return {n: self.blobs[n].data for n in dict.fromkeys(names)}
 
+    def set_input_arrays(self, data, labels):
+        """pycaffe's: give the net's first layer, a MemoryData layer, the arrays it serves
+        (data N x C x H x W, labels N; N a multiple of its batch_size)."""
+        if not self.layers or self.layers[0].type != "MemoryData":
+            raise UserError("set_input_arrays needs a MemoryData layer as the net's first layer",
+                            path=self.source, field="set_input_arrays")
+        self.layers[0].reset(data, labels)
+
     def set_input(self, name, value):
         """Copy an array into a blob, reshaping the blob (and so the net) when needed."""
         blob = self.blobs[name]
