@@ -254,9 +254,9 @@ class Net:
             self.creates_top.append(creates)
 
             # set up: parameters, then top shapes
-            glog.info("net.cpp:124", f"Setting up {lp.name}")
             bottoms = [self._blobs[b].tensor for b in b_ids]
             layer.setup(bottoms)
+            glog.info("net.cpp:124", f"Setting up {lp.name}")
             shapes = self._top_shapes(layer, bottoms)
             for j, (tid, shape) in enumerate(zip(t_ids, shapes)):
                 blob = self._blobs[tid]
