@@ -17,6 +17,7 @@ from .errors import UserError
 
 # The modules that register subcommands, in the order --help lists them.
 STAGE_MODULES = [
+    "models.faces.stage",
 ]
 
 
