@@ -30,6 +30,7 @@ setup(
             "pytest>=7",
             "hypothesis>=6",
             "grpcio-tools==1.85.1",  # protoc for the caffe_pb2 staleness test
+            "scikit-learn>=1.2",     # its sample photos (china.jpg, flower.jpg) for the face tests
         ],
     },
     entry_points={"console_scripts": ["deepselfie = deepselfie.cli:main"]},
