@@ -159,3 +159,14 @@ def test_bad_input_is_one_line_and_exit_code_2(cli, tmp_path, models_dir, args, 
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], res.stderr
     assert not (tmp_path / "empty").exists() or needle.startswith("catalog")
+
+
+def test_an_empty_catalog_and_the_stage_script(tmp_path):
+    import subprocess
+    Catalog(tmp_path / "catalog.sqlite").close()
+    from conftest import ROOT
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "faces.sh"), "--data-dir", tmp_path],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ("faces: nothing to do: the catalog has no downloaded images "
+                                  "yet (run `deepselfie scrape`)")

@@ -58,7 +58,7 @@ class Face:
 
 class FaceDetector:
     def __init__(self, weights_dir=None, *, models_dir=None, min_face_size: int = 20,
-                 scale_factor: float = 0.709, thresholds=(0.6, 0.7, 0.7), max_side: int = 1024,
+                 scale_factor: float = 0.709, thresholds=(0.6, 0.7, 0.95), max_side: int = 1024,
                  device="cpu", fast: bool = False, crop_batch: int = 256):
         import models.caffe as caffe
         if weights_dir is None and models_dir is None:
@@ -126,17 +126,18 @@ class FaceDetector:
         boxes = self._refine(work, proposals, tables)
         results = self._output(work, boxes, tables)
         faces = []
-        for im, (bx, scores, marks), s in zip(images, results, shrink):
+        for im, (bx, scores, marks), (sx, sy) in zip(images, results, shrink):
             height, width = np.asarray(im).shape[:2]
-            bx = B.clip(bx / s, width, height)
-            marks = marks / s
+            bx = B.clip(bx / np.array([sx, sy, sx, sy]), width, height)
+            marks = marks / np.array([sx, sy])
             faces.append([Face(tuple(float(v) for v in b), float(sc),
                                [(float(x), float(y)) for x, y in m])
                           for b, sc, m in zip(bx, scores, marks)])
         return faces
 
-    def _to_tensor(self, im) -> tuple[torch.Tensor, float]:
-        """3 x h x w float pixels (0..255) on the device, scaled to max_side; and that scale."""
+    def _to_tensor(self, im) -> tuple[torch.Tensor, tuple[float, float]]:
+        """3 x h x w float pixels (0..255) on the device, scaled down to max_side; and the
+        scale of x and of y."""
         arr = np.asarray(im)
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
@@ -145,13 +146,11 @@ class FaceDetector:
         t = torch.from_numpy(np.array(arr[:, :, :3], dtype=np.uint8)).to(self.device)
         t = t.permute(2, 0, 1).float()
         h, w = t.shape[1:]
-        s = 1.0
-        if self.max_side and max(h, w) > self.max_side:
-            s = self.max_side / max(h, w)
-            size = (max(1, round(h * s)), max(1, round(w * s)))
-            t = _resize(t[None], size)[0]
-            s = (size[0] / h + size[1] / w) / 2
-        return t, s
+        if not self.max_side or max(h, w) <= self.max_side:
+            return t, (1.0, 1.0)
+        s = self.max_side / max(h, w)
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        return _resize(t[None], size)[0], (size[1] / w, size[0] / h)
 
     def _propose(self, imgs: torch.Tensor, h: int, w: int) -> list[np.ndarray]:
         """P-Net over the pyramid for N same-size images -> per image (k, 4) square boxes."""

@@ -144,8 +144,9 @@ def scan(cfg, *, rescan: bool = False) -> dict:
         result = {"images": total, "already_scanned": total - len(todo), "scanned": 0,
                   "with_faces": 0, "faces": 0, "unreadable": 0}
         if not todo:
-            summary("faces", f"nothing to do: all {total} images are scanned "
-                             "(--rescan to scan them again)")
+            summary("faces", "nothing to do: " + (
+                f"all {total} images are scanned (--rescan to scan them again)" if total else
+                "the catalog has no downloaded images yet (run `deepselfie scrape`)"))
             return result
         detector, settings = load_detector(cfg)
         name = detector_name(settings)
