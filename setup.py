@@ -33,6 +33,7 @@ setup(
             "grpcio-tools==1.85.1",  # protoc for the caffe_pb2 staleness test
             "plyvel>=1.5",  # the LevelDB backend's test
             "opencv-python-headless>=4.5",  # reference for OpenCV-exact decoding and resizing
+            "scikit-learn>=1.2",     # its sample photos (china.jpg, flower.jpg) for the face tests
         ],
     },
     entry_points={"console_scripts": ["deepselfie = deepselfie.cli:main"]},

@@ -4,7 +4,7 @@ Caffe draws from ``boost::mt19937``, the standard Mersenne Twister seeded with `
 which is exactly numpy's legacy ``RandomState(seed)``:
 
 - ``caffe_rng_rand()``: the next 32-bit number of the global generator, which
-  ``caffe.set_random_seed`` seeds (it seeds numpy's global RandomState). A data layer draws its
+  ``caffe.set_random_seed`` seeds. A data layer draws its
   own seeds from it while the net is built, in Caffe's order.
 - ``Stream(seed)``: a layer's own generator; ``draw()`` is one 32-bit number and
   ``rand(n) = draw() % n`` is Caffe's ``DataTransformer::Rand``.
@@ -18,9 +18,19 @@ import numpy as np
 _U32 = 0xFFFFFFFF
 
 
+_global = np.random.RandomState()     # Caffe's global generator; unseeded until asked
+
+
+def seed(value: int) -> None:
+    """Seed Caffe's global generator (``caffe.set_random_seed`` calls this)."""
+    global _global
+    _global = np.random.RandomState(int(value) & _U32)
+
+
 def caffe_rng_rand() -> int:
-    """The next number of the global generator (seeded by ``caffe.set_random_seed``)."""
-    return int(np.random.randint(0, 1 << 32, dtype=np.uint32))
+    """The next number of the global generator (seeded by ``caffe.set_random_seed``). It is
+    this module's own, so that other code drawing from numpy's generator cannot shift it."""
+    return int(_global.randint(0, 1 << 32, dtype=np.uint32))
 
 
 class Stream:
