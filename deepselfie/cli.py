@@ -22,6 +22,7 @@ STAGE_MODULES = [
     "label.cli",           # label
     "models.caffe_tool",   # train, test, time: Caffe's tool
     "models.cli",          # score, fetch-weights
+    "deepselfie.demo.run",  # demo
 ]
 
 

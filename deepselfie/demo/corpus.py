@@ -228,7 +228,8 @@ def make_corpus(n_posts: int, seed: int = 0, fetched_at: dt.datetime | None = No
     """n_posts posts by about n_posts / 4 authors (deterministic for a seed)."""
     rs = np.random.RandomState(seed)
     faces, others = portraits(), scenes()
-    fetched_at = fetched_at or dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    # dates count back from now, so that the label stage's "online a month" rule acts on ~5%
+    fetched_at = fetched_at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     n_authors = max(4, n_posts // 4)
     followers = np.exp(rs.normal(math.log(800), 1.0, n_authors)).astype(int) + 20
     posts = []
