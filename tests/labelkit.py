@@ -79,3 +79,14 @@ def make_catalog(data_dir, specs) -> dict:
                             (sha, s.faces))
             paths[s.uri] = rel
     return paths
+
+
+def lmdb_items(path) -> list:
+    """Every (key, value) of an LMDB, in key order."""
+    import lmdb
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return list(txn.cursor())
+    finally:
+        env.close()

@@ -4,24 +4,15 @@ Each golden case is images/ + list.txt run through Caffe's convert_imageset (res
 PNG-encoded) into db/, and compute_image_mean into mean.binaryproto. Our writer on the same list
 must give the same keys, labels and pixels (raw: the same bytes), and our mean the same file.
 """
-import lmdb
 import numpy as np
 import pytest
+from labelkit import lmdb_items
 
 from label.image import EncodeSettings, decode_payload
 from label.lmdb_writer import Record, build_lmdb, iter_lmdb, publish, record_key
 from label.mean import compute_mean, mean_to_binaryproto, read_binaryproto
 
 CASES = [("raw_meanfile_crop", "raw", 40), ("encoded_meanvalue", "png", 36)]
-
-
-def _raw_items(path):
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return list(txn.cursor())
-    finally:
-        env.close()
 
 
 def _pixels(payload):
@@ -47,7 +38,7 @@ def test_our_writer_matches_convert_imageset(golden, tmp_path, case, encoding, s
             (real.channels, real.height, real.width)
         assert np.array_equal(_pixels(mine), _pixels(real)), key
     if encoding == "raw":
-        assert _raw_items(out) == _raw_items(folder / "db")      # byte for byte
+        assert lmdb_items(out) == lmdb_items(folder / "db")      # byte for byte
 
 
 @pytest.mark.parametrize("case,encoding,size", CASES)

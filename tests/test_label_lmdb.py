@@ -1,7 +1,6 @@
 """The LMDB writer, the image payloads and the resize modes on images made here."""
 import io
 
-import lmdb
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,7 +13,7 @@ from label.image import EncodeSettings, decode_payload, encode_array
 from label.lmdb_writer import Record, build_lmdb, iter_lmdb, partial_path, publish, record_key
 from label.mean import compute_mean
 from label.resize import RESIZE_MODES, cv_resize_linear, resize_image
-from labelkit import image_bytes
+from labelkit import image_bytes, lmdb_items
 
 
 def _images(tmp_path, n, size=(64, 48), fmt="JPEG"):
@@ -26,15 +25,6 @@ def _images(tmp_path, n, size=(64, 48), fmt="JPEG"):
         paths.append(p)
     return [Record(record_key(i, f"img/{p.name}"), str(p), i % 2, str(i))
             for i, p in enumerate(paths)]
-
-
-def _items(path):
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return list(txn.cursor())
-    finally:
-        env.close()
 
 
 def test_squash_is_cv_resize_and_other_modes_keep_the_aspect(tmp_path):
@@ -83,7 +73,7 @@ def test_parallel_build_equals_serial_build(tmp_path):
         build_lmdb(tmp_path / name, records, settings, plan="p", processes=procs,
                    commit_every=7)
         publish(tmp_path / name)
-    one, two = _items(tmp_path / "one"), _items(tmp_path / "two")
+    one, two = lmdb_items(tmp_path / "one"), lmdb_items(tmp_path / "two")
     assert one == two and len(one) == 40
     assert [k.decode() for k, _ in one] == [r.key for r in records]
     for _, label, payload in iter_lmdb(tmp_path / "one"):
@@ -110,13 +100,13 @@ def test_resume_continues_after_the_last_commit_and_a_new_plan_starts_over(tmp_p
     db = tmp_path / "db"
     with pytest.raises(KeyboardInterrupt):
         build_lmdb(db, records, settings, plan="a", commit_every=3)
-    assert len(_items(partial_path(db))) == 6          # two whole batches of 3
+    assert len(lmdb_items(partial_path(db))) == 6          # two whole batches of 3
     seen.clear()
     stop_at[0] = None
     assert build_lmdb(db, records, settings, plan="a", commit_every=3) == 6
     assert seen == [r.source for r in records[6:]]
     publish(db)
-    assert _items(db) == _items(tmp_path / "ref")
+    assert lmdb_items(db) == lmdb_items(tmp_path / "ref")
     assert not partial_path(db).exists() and not (db / "PLAN").exists()
 
     # a partial database made for another plan is not resumed
@@ -124,7 +114,7 @@ def test_resume_continues_after_the_last_commit_and_a_new_plan_starts_over(tmp_p
     stop_at[0] = 5
     with pytest.raises(KeyboardInterrupt):
         build_lmdb(tmp_path / "db2", records, settings, plan="a", commit_every=3)
-    assert len(_items(partial_path(tmp_path / "db2"))) == 3
+    assert len(lmdb_items(partial_path(tmp_path / "db2"))) == 3
     seen.clear()
     stop_at[0] = None
     assert build_lmdb(tmp_path / "db2", records, settings, plan="b", commit_every=3) == 0
@@ -137,7 +127,7 @@ def test_the_map_grows_when_full(tmp_path, monkeypatch):
     build_lmdb(tmp_path / "db", records, EncodeSettings(64, 64, "squash", "raw"), plan="p",
                commit_every=5)
     publish(tmp_path / "db")
-    assert len(_items(tmp_path / "db")) == 12          # 12 x 12 KiB > 64 KiB
+    assert len(lmdb_items(tmp_path / "db")) == 12          # 12 x 12 KiB > 64 KiB
 
 
 def test_a_corrupt_file_names_itself_and_keeps_committed_batches(tmp_path):
@@ -147,7 +137,7 @@ def test_a_corrupt_file_names_itself_and_keeps_committed_batches(tmp_path):
     with pytest.raises(UserError, match="not a readable image") as e:
         build_lmdb(tmp_path / "db", records, EncodeSettings(8, 8), plan="p", commit_every=2)
     assert pathlib_bad in str(e.value)
-    assert len(_items(partial_path(tmp_path / "db"))) == 4
+    assert len(lmdb_items(partial_path(tmp_path / "db"))) == 4
 
 
 def test_mean_of_an_lmdb_matches_numpy(tmp_path):

@@ -4,7 +4,6 @@ import hashlib
 import io
 import json
 
-import lmdb
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +14,7 @@ from label.lmdb_writer import iter_lmdb
 from label.mean import read_binaryproto
 from label.resize import cv_resize_linear
 from label.stage import run_label
-from labelkit import Spec, make_catalog
+from labelkit import Spec, make_catalog, lmdb_items
 from scrape.catalog import Catalog
 
 SETTINGS = ["label.group_size=4", "label.tag_bonus=0.5", "label.min_followers=10",
@@ -72,15 +71,6 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
-def _lmdb_items(path):
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return list(txn.cursor())
-    finally:
-        env.close()
-
-
 def _folder_state(run):
     """Every published file's bytes in the run folder, LMDBs as their key/value pairs."""
     state = {}
@@ -88,7 +78,7 @@ def _folder_state(run):
         if p.name.endswith(".partial"):
             continue
         if p.is_dir():
-            state[p.name] = _lmdb_items(p)
+            state[p.name] = lmdb_items(p)
         else:
             state[p.name] = p.read_bytes()
     return state
@@ -213,7 +203,7 @@ def test_an_interrupted_build_resumes_after_its_last_commit(catalog_dir, monkeyp
         run_label(_config(catalog_dir), quiet=True)
     run = catalog_dir / "runs" / "selfie"
     # train came first: its first batch of 2 is committed; nothing was published yet
-    assert len(_lmdb_items(run / "train_lmdb.partial")) == 2
+    assert len(lmdb_items(run / "train_lmdb.partial")) == 2
     assert not (run / "train_lmdb").exists() and not (run / "labels.csv").exists()
     with Catalog(catalog_dir / "catalog.sqlite") as cat:
         assert cat.execute("SELECT status FROM runs ORDER BY id DESC").fetchone()[0] == \
