@@ -18,6 +18,7 @@ from .errors import UserError
 # The modules that register subcommands, in the order --help lists them.
 STAGE_MODULES = [
     "models.cli",
+    "models.cli_beyond",
 ]
 
 
