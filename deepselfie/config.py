@@ -78,6 +78,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": _k(int, 0, "random seed of PCA and t-SNE"),
         "thumb": _k(int, 64, "grid image: pixels per thumbnail"),
         "exact_max": _k(int, 2000, "grid snapping is exact up to this many images, greedy above"),
+        "threads": _k(int, 0, "t-SNE threads; 0 = every core above 1000 images, one below"),
         "out_dir": _k(str, None, "where the map goes; default <data_dir>/tsne", nullable=True),
         "cache_dir": _k(str, None, "feature cache; default <data_dir>/cache/features",
                         nullable=True),

@@ -78,7 +78,7 @@ def run_tsne(args, cfg):
                    pca_dims=t.pca_dims,
                    perplexity=args.perplexity if args.perplexity is not None else t.perplexity,
                    method=t.method, seed=args.seed if args.seed is not None else t.seed,
-                   thumb=t.thumb, exact_max=t.exact_max)
+                   thumb=t.thumb, exact_max=t.exact_max, threads=t.threads)
     print(f"wrote {res['grid']}\nwrote {res['page']}", file=sys.stderr)
     cached = " (features from the cache)" if res["cached"] else ""
     summary("tsne", f"{res['images']} images mapped with {res['method']} from "
@@ -106,8 +106,9 @@ def run_serve(args, cfg):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    ref = f", percentiles among {len(reference.scores)} scores" if reference.scores else ""
-    print(f"serving on {server.url}{ref} (Ctrl-C stops)", flush=True)
+    ref = f"percentiles among {len(reference.scores)} scores" if reference.scores else \
+        "no reference set"
+    print(f"serving on {server.url} ({ref}; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

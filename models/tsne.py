@@ -91,9 +91,21 @@ def _has_opentsne() -> bool:
         return False
 
 
-def embed(features, *, pca_dims=50, perplexity=30.0, method="auto", seed=0, n_jobs=None):
-    """N x D features -> (N x 2 coordinates, the method used). PCA to ``pca_dims`` first."""
+EXACT_MAX = 300       # up to this many points scikit-learn's exact t-SNE is the quickest
+THREADS_FROM = 1000   # t-SNE uses every core from this many points on (n_jobs=0)
+
+
+def embed(features, *, pca_dims=50, perplexity=30.0, method="auto", seed=0, n_jobs=0):
+    """N x D features -> (N x 2 coordinates, the method used). PCA to ``pca_dims`` first, then
+    t-SNE: openTSNE (FFT-accelerated) when ``method`` is opentsne, or auto and it is importable
+    and there are more than EXACT_MAX points; else scikit-learn's (exact up to EXACT_MAX points,
+    Barnes-Hut above). ``n_jobs`` threads; 0 = every core for large maps, one for small."""
     from sklearn.decomposition import PCA
+    if method not in ("auto", "opentsne", "sklearn"):
+        raise UserError("must be auto, opentsne or sklearn", path="tsne.method", field=method)
+    if method == "opentsne" and not _has_opentsne():
+        raise UserError("openTSNE is not installed: pip install openTSNE, or use "
+                        "--set tsne.method=sklearn", path="tsne.method")
     x = np.asarray(features, dtype=np.float32)
     n = len(x)
     if n == 0:
@@ -105,23 +117,22 @@ def embed(features, *, pca_dims=50, perplexity=30.0, method="auto", seed=0, n_jo
     if n < 4 or not np.isfinite(x).all() or np.ptp(x, axis=0).max() == 0:
         # Too few (or identical) images for t-SNE: the first two principal directions.
         flat = np.zeros((n, 2))
-        flat[:, :min(2, x.shape[1])] = x[:, :2] if n > 1 else 0
+        flat[:, :min(2, x.shape[1])] = x[:, :2]
         return flat, "pca"
     perplexity = float(min(perplexity, max(1.0, (n - 1) / 3)))
-    if method not in ("auto", "opentsne", "sklearn"):
-        raise UserError("must be auto, opentsne or sklearn", path="tsne.method", field=method)
-    if method == "opentsne" and not _has_opentsne():
-        raise UserError("openTSNE is not installed: pip install openTSNE, or use "
-                        "--set tsne.method=sklearn", path="tsne.method")
-    n_jobs = n_jobs or os.cpu_count() or 1
-    if method in ("auto", "opentsne") and _has_opentsne():
+    if not n_jobs:
+        # Threads pay off on large maps only; on small ones their start-up and spinning cost
+        # more than the work (many times more on a busy machine).
+        n_jobs = (os.cpu_count() or 1) if n > THREADS_FROM else 1
+    if method == "opentsne" or (method == "auto" and n > EXACT_MAX and _has_opentsne()):
         import openTSNE
         tsne = openTSNE.TSNE(n_components=2, perplexity=perplexity, random_state=seed,
                              n_jobs=n_jobs, verbose=False)
         return np.asarray(tsne.fit(np.ascontiguousarray(x, dtype=np.float64))), "opentsne"
     from sklearn.manifold import TSNE
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                random_state=seed, n_jobs=n_jobs)
+                random_state=seed, n_jobs=n_jobs,
+                method="exact" if n <= EXACT_MAX else "barnes_hut")
     return tsne.fit_transform(x), "sklearn"
 
 
@@ -271,7 +282,7 @@ def html_map(out_dir, records, *, blob, method, side=900, dot=36) -> pathlib.Pat
 # ---- the stage ----------------------------------------------------------------------------------
 
 def tsne_map(scorer, source, out_dir, *, blob="fc7", cache_dir=None, pca_dims=50,
-             perplexity=30.0, method="auto", seed=0, thumb=64, exact_max=2000,
+             perplexity=30.0, method="auto", seed=0, thumb=64, exact_max=2000, threads=0,
              show_progress=True) -> dict:
     """The t-SNE stage for a folder of images or a scores.csv (its scores are shown; for a
     folder the net's scores are). Writes tsne.json, tsne_grid.jpg, index.html, thumbs/ and
@@ -296,7 +307,7 @@ def tsne_map(scorer, source, out_dir, *, blob="fc7", cache_dir=None, pca_dims=50
     if csv_scores is not None:
         scores = np.array([csv_scores.get(str(p), s) for p, s in zip(kept, scores)])
     coords, used = embed(features, pca_dims=pca_dims, perplexity=perplexity, method=method,
-                         seed=seed)
+                         seed=seed, n_jobs=threads)
     cols, rows = grid_shape(len(kept))
     cells = snap_to_grid(coords, cols, rows, exact_max=exact_max)
     unit = _unit_square(coords)

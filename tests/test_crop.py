@@ -1,10 +1,12 @@
 """deepselfie crop: the best-crop search over (scale, x, y) and the stage that writes crops."""
 import json
+import logging
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from deepselfie.cli import main
 from models.crop import CropSearch, crop_box, search_crop
 from models.score import Scorer, load_bgr
 from nets import bright_net, skimage_photos
@@ -83,7 +85,7 @@ def test_crop_box_stays_inside_and_keeps_the_aspect():
     assert crop_box((1, 0, 0), 300, 600, 2.0) == (0, 0, 600, 300)
 
 
-def test_cli_writes_crops_comparisons_and_json(tmp_path, cli):
+def test_cli_writes_crops_comparisons_and_json(tmp_path, cli, caplog):
     deploy, weights = bright_net(tmp_path)
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
@@ -113,17 +115,20 @@ def test_cli_writes_crops_comparisons_and_json(tmp_path, cli):
     index = json.loads((out / "crops.json").read_text())
     assert len(index["crops"]) == 2 and index["skipped"][0]["path"].endswith("notes.txt")
 
+    # Reruns in this process (the same entry point, without another interpreter's start-up).
     first = (out / "coffee.json").read_text()
-    r = cli(*args, "-v")                                 # same inputs: reused, not recomputed
-    assert r.returncode == 0 and "reused" in r.stderr
+    caplog.set_level(logging.INFO, logger="deepselfie")
+    assert main([str(a) for a in args]) == 0             # same inputs: reused, not recomputed
+    assert "2 image(s) already cropped" in caplog.text
     assert (out / "coffee.json").read_text() == first
     (out / "coffee.json").unlink()                       # recomputed: the same seed, the same crop
-    r = cli(*args)
-    assert r.returncode == 0 and (out / "coffee.json").read_text() == first
+    assert main([str(a) for a in args]) == 0
+    assert (out / "coffee.json").read_text() == first
 
 
-def test_cli_refuses_a_missing_source(tmp_path, cli):
+def test_cli_refuses_a_missing_source(tmp_path, capsys):
     deploy, weights = bright_net(tmp_path)
-    r = cli("crop", tmp_path / "nope.jpg", "--model", deploy, "--weights", weights,
-            "--mean", "1,2,3")
-    assert r.returncode == 2 and "nope.jpg" in r.stderr and "no such file" in r.stderr
+    rc = main([str(a) for a in ("crop", tmp_path / "nope.jpg", "--model", deploy, "--weights",
+                                weights, "--mean", "1,2,3")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope.jpg" in err and "no such file" in err
