@@ -91,6 +91,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_bytes": _k(int, 20_000_000, "largest upload in bytes (413 above)"),
         "max_pixels": _k(int, 50_000_000, "largest image in pixels (400 above)"),
         "crop": _k(bool, True, "search the best crop of each upload (crop section settings)"),
+        "concurrent": _k(int, 8, "uploads decoded and scored at once; more wait their turn"),
     },
 }
 

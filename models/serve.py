@@ -116,9 +116,11 @@ class App:
     """What the server answers, apart from HTTP: score an upload, describe itself."""
 
     def __init__(self, scorer, reference: Reference, search: CropSearch | None = CropSearch(),
-                 max_bytes=20_000_000, max_pixels=50_000_000):
+                 max_bytes=20_000_000, max_pixels=50_000_000, concurrent=8):
         self.scorer, self.reference, self.search = scorer, reference, search
         self.max_bytes, self.max_pixels = int(max_bytes), int(max_pixels)
+        # Decoded uploads are big (3 bytes a pixel): at most this many are in memory at once.
+        self.slots = threading.BoundedSemaphore(max(1, int(concurrent)))
 
     def health(self) -> dict:
         return {"status": "ok", "model": str(self.scorer.deploy),
@@ -133,6 +135,10 @@ class App:
     def score(self, data: bytes, crop: bool = True) -> dict:
         if not data:
             raise ApiError(400, "empty upload: send an image")
+        with self.slots:
+            return self._score(data, crop)
+
+    def _score(self, data: bytes, crop: bool) -> dict:
         try:
             image = load_bgr(io.BytesIO(data), max_pixels=self.max_pixels)
         except ImageTooLarge as e:
@@ -159,6 +165,7 @@ class App:
 
 class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "deepselfie"
+    timeout = 60               # seconds a connection may sit idle mid-request before it is cut
     app: App = None            # set on the subclass that make_server builds
 
     def log_message(self, fmt, *args):

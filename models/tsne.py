@@ -53,7 +53,8 @@ def collect_features(scorer, paths, blob, cache_dir=None, show_progress=True):
     paths = [pathlib.Path(p) for p in paths]
     cache = None
     if cache_dir is not None:
-        cache = pathlib.Path(cache_dir) / f"{blob.replace('/', '_')}-{cache_key(scorer, paths, blob)}.npz"
+        name = f"{blob.replace('/', '_')}-{cache_key(scorer, paths, blob)}.npz"
+        cache = pathlib.Path(cache_dir) / name
         if cache.exists():
             try:
                 with np.load(cache, allow_pickle=False) as z:
@@ -184,7 +185,8 @@ def _snap_greedy(pos, cols, rows) -> np.ndarray:
         hx, hy = home[i]
         r = 0
         while True:
-            y0, y1, x0, x1 = max(0, hy - r), min(rows, hy + r + 1), max(0, hx - r), min(cols, hx + r + 1)
+            y0, y1 = max(0, hy - r), min(rows, hy + r + 1)
+            x0, x1 = max(0, hx - r), min(cols, hx + r + 1)
             if free[y0:y1, x0:x1].any():
                 # A nearer free cell can sit one ring further out (a corner is farther than an
                 # edge): look one ring beyond before choosing.
