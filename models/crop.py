@@ -229,8 +229,8 @@ def crop_images(scorer, source, out_dir, search: CropSearch = CropSearch(),
     from . import pictures
 
     source = pathlib.Path(source)
-    paths = list_images(source)
     out_dir = pathlib.Path(out_dir)
+    paths = list_images(source, exclude=out_dir)          # never crop our own crops
     names = _output_names(paths, source)
     model = {"deploy": _file_signature(scorer.deploy), "weights": _file_signature(scorer.weights),
              "mean": [round(float(v), 4) for v in scorer.pre.mean], "resize": scorer.pre.resize,

@@ -39,14 +39,17 @@ class ImageTooLarge(UnreadableImage):
     """More pixels than the caller allows (checked from the header, before decoding)."""
 
 
-def list_images(root) -> list[pathlib.Path]:
-    """Every file under root (recursively, sorted); a single file is its own list."""
+def list_images(root, exclude=None) -> list[pathlib.Path]:
+    """Every file under root (recursively, sorted); a single file is its own list. Files under
+    ``exclude`` (a stage's own output folder inside root) are left out."""
     root = pathlib.Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise UserError("no such file or folder", path=root)
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    skip = pathlib.Path(exclude).resolve() if exclude is not None else None
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and not (skip is not None and skip in p.resolve().parents))
 
 
 def load_bgr(path, max_pixels=None) -> np.ndarray:

@@ -123,8 +123,8 @@ class App:
         self.slots = threading.BoundedSemaphore(max(1, int(concurrent)))
 
     def health(self) -> dict:
-        return {"status": "ok", "model": str(self.scorer.deploy),
-                "weights": str(self.scorer.weights), "reference": len(self.reference.scores),
+        return {"status": "ok", "model": self.scorer.deploy.name,
+                "weights": self.scorer.weights.name, "reference": len(self.reference.scores),
                 "max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
                 "crop": self.search is not None}
 

@@ -298,7 +298,7 @@ def tsne_map(scorer, source, out_dir, *, blob="fc7", cache_dir=None, pca_dims=50
         paths = [p for p, _ in rows]
         csv_scores = {str(p): s for p, s in rows}
     else:
-        paths = list_images(source)
+        paths = list_images(source, exclude=out_dir)       # not our own thumbnails
     if not paths:
         raise UserError("no images", path=source)
     kept, features, scores, failed, cached = collect_features(scorer, paths, blob, cache_dir,

@@ -126,6 +126,19 @@ def test_cli_writes_crops_comparisons_and_json(tmp_path, cli, caplog):
     assert (out / "coffee.json").read_text() == first
 
 
+def test_crops_written_inside_the_source_folder_are_not_cropped_again(tmp_path):
+    deploy, weights = bright_net(tmp_path)
+    scorer = Scorer(deploy, weights, mean="128,128,128")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(dict(skimage_photos())["rocket"]).save(folder / "rocket.jpg")
+    from models.crop import crop_images
+    for _ in range(2):
+        records, failed = crop_images(scorer, folder, folder / "crops", CropSearch(rounds=1),
+                                      show_progress=False)
+        assert [r["path"] for r in records] == [str(folder / "rocket.jpg")] and not failed
+
+
 def test_cli_refuses_a_missing_source(tmp_path, capsys):
     deploy, weights = bright_net(tmp_path)
     rc = main([str(a) for a in ("crop", tmp_path / "nope.jpg", "--model", deploy, "--weights",
