@@ -17,8 +17,11 @@ from .errors import UserError
 
 # The modules that register subcommands, in the order --help lists them.
 STAGE_MODULES = [
-    "models.cli",
-    "models.cli_beyond",
+    "scrape.cli",          # scrape, catalog
+    "label.cli",           # label
+    "models.caffe_tool",   # train, test, time: Caffe's tool
+    "models.cli",          # score, fetch-weights
+    "models.cli_beyond",   # crop, tsne, serve
 ]
 
 

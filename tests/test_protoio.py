@@ -202,6 +202,12 @@ def test_blobproto_round_trip_and_fast_encoder_agree():
     np.testing.assert_array_equal(protoio.blobproto_to_array(legacy), arr.reshape(1, 2, 3, 4))
 
 
+def test_scalar_blobs_are_written_without_a_shape_as_caffe_does():
+    blob = caffe_pb2.BlobProto.FromString(protoio.encode_blob(np.float32(0.25)))
+    assert not blob.HasField("shape") and list(blob.data) == [0.25]
+    assert protoio.blob_shape(blob) == ()
+
+
 def test_mean_binaryproto_reads_as_array(tmp_path, golden):
     mean = protoio.read_blobproto(golden / "data" / "raw_meanfile_crop" / "mean.binaryproto")
     expected = np.load(golden / "data" / "raw_meanfile_crop" / "expected.npz")["mean"]

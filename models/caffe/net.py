@@ -302,8 +302,8 @@ class Net:
         self._set_param_grads()
         if self.fast:
             self._to_channels_last()
-        glog.info("net.cpp:244", "\n".join(
-            f"This network produces output {self._blob_names[i]}" for i in self._output_ids))
+        for i in self._output_ids:
+            glog.info("net.cpp:244", f"This network produces output {self._blob_names[i]}")
         glog.info("net.cpp:257", "Network initialization done.")
 
     def _top_shapes(self, layer, bottoms):
@@ -648,7 +648,8 @@ class Net:
     def forward_backward(self) -> float:
         """One forward and backward pass (parameter diffs accumulate); returns the loss."""
         loss = self.forward_range(0, len(self.layers) - 1)
-        self.backward_from([(tid, self._producer(tid)) for tid in self._output_ids])
+        if any(self.layer_need_backward):
+            self.backward_from([(tid, self._producer(tid)) for tid in self._output_ids])
         return loss
 
     def clear_param_diffs(self):

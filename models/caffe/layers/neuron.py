@@ -37,7 +37,7 @@ class PReLU(Neuron):
             raise self.error("needs a bottom with a channel axis (or channel_shared)")
         filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(
             type="constant", value=0.25)
-        self.add_param((1,) if p.channel_shared else (x.shape[1],), filler)
+        self.add_param(() if p.channel_shared else (x.shape[1],), filler)   # Caffe: 0-axis
 
     def forward(self, bottoms, params):
         (x,), (a,) = bottoms, params
