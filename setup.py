@@ -28,10 +28,14 @@ setup(
         "scipy>=1.9",           # linear_sum_assignment snaps the t-SNE map to a grid
     ],
     extras_require={
+        "leveldb": ["plyvel>=1.5"],  # Data layers with backend: LEVELDB
         "test": [
             "pytest>=7",
             "hypothesis>=6",
             "grpcio-tools==1.85.1",  # protoc for the caffe_pb2 staleness test
+            "plyvel>=1.5",  # the LevelDB backend's test
+            "opencv-python-headless>=4.5",  # reference for OpenCV-exact decoding and resizing
+            "scikit-learn>=1.2",     # its sample photos (china.jpg, flower.jpg) for the face tests
             "selenium>=4.10",        # drives headless Chromium in the web page test
         ],
         "tsne": ["openTSNE>=1.0"],   # faster t-SNE for large maps (scikit-learn's otherwise)

@@ -18,6 +18,7 @@ from .errors import UserError
 # The modules that register subcommands, in the order --help lists them.
 STAGE_MODULES = [
     "scrape.cli",          # scrape, catalog
+    "models.faces.stage",  # faces
     "label.cli",           # label
     "models.caffe_tool",   # train, test, time: Caffe's tool
     "models.cli",          # score, fetch-weights

@@ -117,6 +117,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "metadata": _k(str, None, "folder source: the CSV describing the images",
                        nullable=True),
     },
+    "faces": {
+        "min_face_size": _k(int, 20, "smallest face to find, in pixels of the image as detected"),
+        "scale_factor": _k(float, 0.709, "image pyramid step, between 0 and 1"),
+        "thresholds": _k(list, [0.6, 0.7, 0.95], "P-Net, R-Net, O-Net score thresholds",
+                         item=float),
+        "max_side": _k(int, 1024, "detect on a copy whose longer side is at most this; 0 = as is"),
+        "batch_size": _k(int, 8, "images per detector batch"),
+        "wheel": _k(str, None, "a local facenet-pytorch wheel to convert instead of downloading it",
+                    nullable=True),
+        "index_url": _k(str, None, "package index for downloading the wheel; null = pip's",
+                        nullable=True),
+    },
     "crop": {
         "min_scale": _k(float, 0.4, "smallest crop, relative to the largest that fits"),
         "grid_scales": _k(int, 3, "coarse grid: crop scales"),

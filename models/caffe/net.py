@@ -254,9 +254,9 @@ class Net:
             self.creates_top.append(creates)
 
             # set up: parameters, then top shapes
-            glog.info("net.cpp:124", f"Setting up {lp.name}")
             bottoms = [self._blobs[b].tensor for b in b_ids]
             layer.setup(bottoms)
+            glog.info("net.cpp:124", f"Setting up {lp.name}")
             shapes = self._top_shapes(layer, bottoms)
             for j, (tid, shape) in enumerate(zip(t_ids, shapes)):
                 blob = self._blobs[tid]
@@ -464,6 +464,14 @@ class Net:
         names += [self._blob_names[t] for t in self.top_ids[hi]] if end is not None \
             else self.outputs
         return {n: self.blobs[n].data for n in dict.fromkeys(names)}
+
+    def set_input_arrays(self, data, labels):
+        """pycaffe's: give the net's first layer, a MemoryData layer, the arrays it serves
+        (data N x C x H x W, labels N; N a multiple of its batch_size)."""
+        if not self.layers or self.layers[0].type != "MemoryData":
+            raise UserError("set_input_arrays needs a MemoryData layer as the net's first layer",
+                            path=self.source, field="set_input_arrays")
+        self.layers[0].reset(data, labels)
 
     def set_input(self, name, value):
         """Copy an array into a blob, reshaping the blob (and so the net) when needed."""

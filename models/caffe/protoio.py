@@ -85,6 +85,12 @@ def read_binary_or_text(path, message_type):
             raise binary_error from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write via a temporary file and a rename: readers never see half a file."""
     p = pathlib.Path(path)
@@ -95,6 +101,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; give the usual mode
         os.replace(tmp, p)
     except BaseException:
         try:

@@ -42,10 +42,12 @@ def fast() -> bool:
 
 def set_random_seed(seed: int):
     """Seed every generator the runtime draws from (fillers, dropout, data shuffling)."""
+    from . import rng
     seed = int(seed)
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
     random.seed(seed)
+    rng.seed(seed)
 
 
 def device() -> torch.device:

@@ -41,11 +41,7 @@ class PReLU(Neuron):
 
     def forward(self, bottoms, params):
         (x,), (a,) = bottoms, params
-        shape = [1] * x.dim()
-        if a.numel() > 1:
-            shape[1] = a.numel()
-        a = a.reshape(shape)
-        return [torch.where(x > 0, x, x * a)]
+        return [F.prelu(x, a.reshape(-1))]
 
 
 @register
