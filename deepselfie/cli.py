@@ -22,7 +22,8 @@ STAGE_MODULES = [
     "label.cli",           # label
     "models.caffe_tool",   # train, test, time: Caffe's tool
     "models.cli",          # score, fetch-weights
-    "deepselfie.demo.run",  # demo
+    "models.cli_beyond",   # crop, tsne, serve
+    "deepselfie.demo.run", # demo
 ]
 
 

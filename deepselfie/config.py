@@ -129,6 +129,41 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "index_url": _k(str, None, "package index for downloading the wheel; null = pip's",
                         nullable=True),
     },
+    "crop": {
+        "min_scale": _k(float, 0.4, "smallest crop, relative to the largest that fits"),
+        "grid_scales": _k(int, 3, "coarse grid: crop scales"),
+        "grid_steps": _k(int, 3, "coarse grid: positions along x and along y"),
+        "rounds": _k(int, 3, "refinement rounds around the best, each halving the step"),
+        "candidates": _k(int, 16, "crops scored per refinement round"),
+        "batch_size": _k(int, 32, "most candidates in one forward pass"),
+        "rescore": _k(int, 3, "best crops scored again from the full-resolution image"),
+        "seed": _k(int, 0, "random seed of the refinement jitter"),
+        "out_dir": _k(str, None, "where crops go; default <data_dir>/crops", nullable=True),
+    },
+    "tsne": {
+        "blob": _k(str, "fc7", "the net's blob whose values are the features"),
+        "pca_dims": _k(int, 50, "PCA dimensions before t-SNE"),
+        "perplexity": _k(float, 30.0, "t-SNE perplexity (lowered for small sets)"),
+        "method": _k(str, "auto", "auto (openTSNE when importable), opentsne or sklearn",
+                     choices=("auto", "opentsne", "sklearn")),
+        "seed": _k(int, 0, "random seed of PCA and t-SNE"),
+        "thumb": _k(int, 64, "grid image: pixels per thumbnail"),
+        "exact_max": _k(int, 2000, "grid snapping is exact up to this many images, greedy above"),
+        "threads": _k(int, 0, "t-SNE threads; 0 = every core above 1000 images, one below"),
+        "out_dir": _k(str, None, "where the map goes; default <data_dir>/tsne", nullable=True),
+        "cache_dir": _k(str, None, "feature cache; default <data_dir>/cache/features",
+                        nullable=True),
+    },
+    "serve": {
+        "host": _k(str, "127.0.0.1", "address to listen on"),
+        "port": _k(int, 8000, "port to listen on (0 = any free port)"),
+        "reference": _k(str, None, "scores.csv or a folder scored at startup: percentiles "
+                        "are among these", nullable=True),
+        "max_bytes": _k(int, 20_000_000, "largest upload in bytes (413 above)"),
+        "max_pixels": _k(int, 50_000_000, "largest image in pixels (400 above)"),
+        "crop": _k(bool, True, "search the best crop of each upload (crop section settings)"),
+        "concurrent": _k(int, 8, "uploads decoded and scored at once; more wait their turn"),
+    },
 }
 
 

@@ -10,16 +10,9 @@ def register(sub, common):
                        description="Score every image under DIR with a trained deploy net "
                                    "(probability of 'good'), best first.")
     p.add_argument("dir", metavar="DIR", help="a folder (searched recursively) or one image")
-    p.add_argument("--model", "-model", metavar="DEPLOY", help="deploy prototxt (score.model)")
-    p.add_argument("--weights", "-weights", metavar="W", help=".caffemodel (score.weights)")
-    p.add_argument("--mean", help="mean.binaryproto, mean JSON or B,G,R (score.mean)")
+    add_model_options(p)
     p.add_argument("--out", metavar="FILE", help="write scores here (CSV, or JSON with --json)")
     p.add_argument("--json", action="store_true", help="JSON instead of CSV")
-    p.add_argument("--resize", choices=("squash", "crop", "oversample"),
-                   help="how images become net input (score.resize)")
-    p.add_argument("--scale", type=float, help="input scale after the mean, as the training "
-                   "net's transform_param (score.scale)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (score.batch_size)")
     p.add_argument("--grid", metavar="IMG", help="contact sheet of the best --top images")
     p.add_argument("--top", type=int, help="how many on the grid (score.top)")
     p.add_argument("--worst", type=int, metavar="N", help="also a sheet of the worst N")
@@ -27,8 +20,6 @@ def register(sub, common):
                    "(default: worst.jpg beside the grid or the scores)")
     p.add_argument("--continuum", metavar="IMG", help="every image best to worst, row by row")
     p.add_argument("--report", metavar="DIR", help="an HTML report with all of it")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (runtime.device)")
-    p.add_argument("--fast", action="store_true", help="bf16 + channels_last (runtime.fast)")
     p.set_defaults(func=run_score)
 
     f = sub.add_parser("fetch-weights", parents=[common],
@@ -44,6 +35,44 @@ def register(sub, common):
     f.set_defaults(func=run_fetch)
 
 
+def add_model_options(p):
+    """The options that pick the scoring net and its preprocessing (every stage that scores)."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-model", metavar="DEPLOY", help="deploy prototxt (score.model)")
+    g.add_argument("--weights", "-weights", metavar="W", help=".caffemodel (score.weights)")
+    g.add_argument("--mean", help="mean.binaryproto, mean JSON or B,G,R (score.mean)")
+    g.add_argument("--resize", choices=("squash", "crop", "oversample"),
+                   help="how images become net input (score.resize)")
+    g.add_argument("--scale", type=float, help="input scale after the mean, as the training "
+                   "net's transform_param (score.scale)")
+    g.add_argument("--batch-size", type=int, help="images per forward pass (score.batch_size)")
+    g.add_argument("--device", help="cpu, cuda, cuda:N or auto (runtime.device)")
+    g.add_argument("--fast", action="store_true", help="bf16 + channels_last (runtime.fast)")
+
+
+def make_scorer(args, cfg):
+    """The Scorer that the options of add_model_options and the config's score section ask
+    for."""
+    import torch
+
+    from deepselfie.errors import UserError
+    from models.score import Scorer
+
+    sc = cfg.score
+    weights = args.weights or sc.weights
+    if not weights:
+        raise UserError("no weights: pass --weights (a .caffemodel from deepselfie train)",
+                        path="--weights")
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    return Scorer(args.model or sc.model, weights, mean=args.mean or sc.mean,
+                  resize=args.resize or sc.resize,
+                  scale=args.scale if args.scale is not None else sc.scale,
+                  batch_size=args.batch_size or sc.batch_size,
+                  device=args.device or cfg.runtime.device,
+                  fast=args.fast or cfg.runtime.fast, good_class=sc.good_class)
+
+
 def run_fetch(args, cfg):
     from deepselfie.console import summary
     from models.fetch import fetch_model
@@ -56,26 +85,12 @@ def run_fetch(args, cfg):
 
 
 def run_score(args, cfg):
-    import torch
-
     from deepselfie.console import summary
-    from deepselfie.errors import UserError
     from models import pictures
-    from models.score import Scorer, list_images, write_scores
+    from models.score import list_images, write_scores
 
     sc = cfg.score
-    model = args.model or sc.model
-    weights = args.weights or sc.weights
-    if not weights:
-        raise UserError("no weights: pass --weights (a .caffemodel from deepselfie train)",
-                        path="--weights")
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    scorer = Scorer(model, weights, mean=args.mean or sc.mean, resize=args.resize or sc.resize,
-                    scale=args.scale if args.scale is not None else sc.scale,
-                    batch_size=args.batch_size or sc.batch_size,
-                    device=args.device or cfg.runtime.device,
-                    fast=args.fast or cfg.runtime.fast, good_class=sc.good_class)
+    scorer = make_scorer(args, cfg)
     paths = list_images(args.dir)
     results, failed = scorer.score_paths(paths)
     rows = write_scores(results, args.out, as_json=args.json)

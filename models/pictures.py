@@ -132,3 +132,31 @@ Score = the net's probability that the photo is a "good" (well liked) one.</p>
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, index)
     return index
+
+
+def side_by_side(image_bgr: np.ndarray, box, original_score: float, crop_bgr: np.ndarray,
+                 crop_score: float, height: int = 400) -> Image.Image:
+    """Original (with the crop box drawn) | best crop, both at ``height``, scores printed."""
+    pad, bar = 8, 26
+    left = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1]))
+    right = Image.fromarray(np.ascontiguousarray(crop_bgr[:, :, ::-1]))
+    f = height / left.height
+    left = left.resize((max(1, round(left.width * f)), height), Image.BILINEAR)
+    right = right.resize((max(1, round(right.width * height / right.height)), height),
+                         Image.BILINEAR)
+    x, y, w, h = box
+    draw = ImageDraw.Draw(left)
+    line = max(2, height // 150)
+    draw.rectangle([x * f, y * f, (x + w) * f - 1, (y + h) * f - 1], outline=(255, 220, 0),
+                   width=line)
+    sheet = Image.new("RGB", (left.width + right.width + 3 * pad, height + bar + 2 * pad),
+                      (24, 24, 24))
+    sheet.paste(left, (pad, pad))
+    sheet.paste(right, (left.width + 2 * pad, pad))
+    draw = ImageDraw.Draw(sheet)
+    font = _font(16)
+    for x0, text, score in ((pad, "original", original_score),
+                            (left.width + 2 * pad, "best crop", crop_score)):
+        draw.text((x0, height + pad + 4), f"{text}: {score:.3f}", fill=score_color(score),
+                  font=font)
+    return sheet

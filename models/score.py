@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import dataclasses
 import os
 import pathlib
+import threading
 
 import numpy as np
 
@@ -34,22 +35,34 @@ class UnreadableImage(Exception):
     pass
 
 
-def list_images(root) -> list[pathlib.Path]:
-    """Every file under root (recursively, sorted); a single file is its own list."""
+class ImageTooLarge(UnreadableImage):
+    """More pixels than the caller allows (checked from the header, before decoding)."""
+
+
+def list_images(root, exclude=None) -> list[pathlib.Path]:
+    """Every file under root (recursively, sorted); a single file is its own list. Files under
+    ``exclude`` (a stage's own output folder inside root) are left out."""
     root = pathlib.Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise UserError("no such file or folder", path=root)
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    skip = pathlib.Path(exclude).resolve() if exclude is not None else None
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and not (skip is not None and skip in p.resolve().parents))
 
 
-def load_bgr(path) -> np.ndarray:
-    """An image as H x W x 3 uint8 BGR; transparency is composited on white. Raises
-    UnreadableImage with the reason."""
+def load_bgr(path, max_pixels=None) -> np.ndarray:
+    """An image (a path or a binary file object) as H x W x 3 uint8 BGR; transparency is
+    composited on white. Raises UnreadableImage with the reason; ImageTooLarge when the header
+    says more than ``max_pixels`` (nothing is decoded then)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if max_pixels and w * h > max_pixels:
+                raise ImageTooLarge(f"the image is {w} x {h} = {w * h:,} pixels; the limit is "
+                                    f"{int(max_pixels):,}")
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -163,6 +176,7 @@ class Scorer:
                  workers=None):
         from . import caffe
         from .caffe.state import resolve_device
+        self.deploy, self.weights = pathlib.Path(deploy), pathlib.Path(weights)
         self.net = caffe.Net(str(deploy), str(weights), caffe.TEST,
                              device=resolve_device(device), fast=fast)
         if not self.net.inputs:
@@ -178,6 +192,7 @@ class Scorer:
         self.good_class = good_class
         self.workers = workers or min(8, (os.cpu_count() or 2))
         self.failed = []
+        self.lock = threading.Lock()   # one forward at a time: the net's blobs are shared state
 
     def _prepare(self, path):
         try:
@@ -185,29 +200,40 @@ class Scorer:
         except UnreadableImage as e:
             return None, str(e)
 
-    def score_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """N*crops x 3 x H x W inputs -> N probabilities of "good" (crops averaged)."""
+    def run(self, batch: np.ndarray, blobs=()) -> tuple[np.ndarray, dict]:
+        """One forward of N*crops x 3 x H x W inputs -> (N probabilities of "good", {blob: N x D
+        values}), crops averaged. Thread-safe: forwards are serialized by ``self.lock``."""
         import torch
+        for blob in blobs:
+            self.check_blob(blob)
         k = self.pre.crops
-        with torch.no_grad():
+        n = len(batch) // k
+        with self.lock, torch.no_grad():
             probs = self.net.forward(**{self.input: batch})[self.output]
-        probs = np.asarray(probs, dtype=np.float32).reshape(len(batch) // k, k, -1)
+            probs = np.array(probs, dtype=np.float32).reshape(n, k, -1)
+            values = {b: np.array(self.net.blobs[b].data, dtype=np.float32).reshape(n, k, -1)
+                      .mean(axis=1) for b in blobs}
         if probs.shape[-1] <= self.good_class:
             raise UserError(f"output {self.output!r} has {probs.shape[-1]} values; no class "
-                            f"{self.good_class}", path="deploy")
-        return probs.mean(axis=1)[:, self.good_class]
+                            f"{self.good_class}", path=self.deploy, field="good_class")
+        return probs.mean(axis=1)[:, self.good_class], values
+
+    def check_blob(self, blob: str):
+        if blob not in self.net.blobs:
+            raise UserError(f"no blob {blob!r} in the net (blobs: "
+                            f"{', '.join(self.net.blobs)})", path=self.deploy, field="--blob")
+
+    def score_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """N*crops x 3 x H x W inputs -> N probabilities of "good" (crops averaged)."""
+        return self.run(batch)[0]
 
     def features(self, batch: np.ndarray, blob: str) -> np.ndarray:
         """Run a batch and return one blob's values per image (crops averaged), e.g. fc7."""
-        import torch
-        if blob not in self.net.blobs:
-            raise UserError(f"no blob {blob!r} in the net (blobs: "
-                            f"{', '.join(self.net.blobs)})", path="--blob")
-        with torch.no_grad():
-            self.net.forward(**{self.input: batch})
-        k = self.pre.crops
-        values = np.asarray(self.net.blobs[blob].data, dtype=np.float32)
-        return values.reshape(len(batch) // k, k, -1).mean(axis=1)
+        return self.run(batch, (blob,))[1][blob]
+
+    def score_images(self, images) -> np.ndarray:
+        """H x W x 3 uint8 BGR arrays -> their probabilities of "good", all in one forward."""
+        return self.score_arrays(np.concatenate([self.pre(im) for im in images]))
 
     def iter_batches(self, paths, show_progress=True, desc="score"):
         """Decode ahead in threads; yield (paths, inputs) batches. Files that cannot be read
@@ -254,6 +280,35 @@ class Scorer:
             results.extend(zip(batch_paths, self.score_arrays(inputs).tolist()))
         results.sort(key=lambda r: (-r[1], str(r[0])))
         return results, list(self.failed)
+
+
+def read_scores(csv_path) -> list[tuple[pathlib.Path, float]]:
+    """The rows of a scores.csv written by ``deepselfie score`` as [(path, score)]. Relative paths
+    are taken from the current folder, or else from the CSV's folder."""
+    import csv
+    csv_path = pathlib.Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"path", "score"} <= set(reader.fieldnames):
+                raise UserError("expected a CSV with columns path,score (from deepselfie score)",
+                                path=csv_path)
+            rows = []
+            for i, row in enumerate(reader, start=2):
+                try:
+                    score = float(row["score"])
+                except (TypeError, ValueError):
+                    raise UserError(f"score {row['score']!r} is not a number", path=csv_path,
+                                    field=f"line {i}") from None
+                p = pathlib.Path(row["path"])
+                if not p.is_absolute() and not p.exists() and (csv_path.parent / p).exists():
+                    p = csv_path.parent / p
+                rows.append((p, score))
+    except FileNotFoundError:
+        raise UserError("file not found", path=csv_path) from None
+    except UnicodeDecodeError:
+        raise UserError("not a text CSV", path=csv_path) from None
+    return rows
 
 
 def write_scores(results, out, *, as_json=False, root=None):
