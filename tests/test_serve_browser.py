@@ -1,6 +1,7 @@
 """The web page of deepselfie serve in real headless Chromium (driven by selenium): pick a photo,
 read its score, see the best crop. Skips when Chromium, its driver or selenium is missing (CI
 installs them: .ci/run)."""
+import os
 import shutil
 
 import numpy as np
@@ -12,10 +13,12 @@ from models.score import Scorer, load_bgr, write_scores
 from models.serve import App, Reference, start_in_thread
 from nets import bright_net, skimage_photos
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 BROWSER = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
                                                 "google-chrome"))), None)
 DRIVER = shutil.which("chromedriver")
+if os.environ.get("DEEPSELFIE_REQUIRE_BROWSER") and not (BROWSER and DRIVER):
+    raise RuntimeError("DEEPSELFIE_REQUIRE_BROWSER is set but chromium/chromedriver are missing")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 pytestmark = pytest.mark.skipif(not (BROWSER and DRIVER),
                                 reason="no chromium and chromedriver on PATH")
 
