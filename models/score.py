@@ -52,10 +52,12 @@ def list_images(root, exclude=None) -> list[pathlib.Path]:
                   and not (skip is not None and skip in p.resolve().parents))
 
 
-def load_bgr(path, max_pixels=None) -> np.ndarray:
+def load_bgr(path, max_pixels=None, min_side=None) -> np.ndarray:
     """An image (a path or a binary file object) as H x W x 3 uint8 BGR; transparency is
     composited on white. Raises UnreadableImage with the reason; ImageTooLarge when the header
-    says more than ``max_pixels`` (nothing is decoded then)."""
+    says more than ``max_pixels`` (nothing is decoded then). With ``min_side``, a large JPEG is
+    decoded at a reduced scale (1/2, 1/4 or 1/8, DCT scaling) that keeps both sides at least
+    that long: much faster when the net needs far fewer pixels than the photo has."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     try:
         with Image.open(path) as im:
@@ -63,6 +65,8 @@ def load_bgr(path, max_pixels=None) -> np.ndarray:
             if max_pixels and w * h > max_pixels:
                 raise ImageTooLarge(f"the image is {w} x {h} = {w * h:,} pixels; the limit is "
                                     f"{int(max_pixels):,}")
+            if min_side and im.format == "JPEG":
+                im.draft("RGB", (int(min_side), int(min_side)))
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -142,6 +146,11 @@ class Preprocess:
             self.base = max(self.height, self.width) * 256 // 224
 
     @property
+    def needed_side(self) -> int:
+        """The longest side the preprocessing resizes an image to."""
+        return max(self.height, self.width, 0 if self.resize == "squash" else self.base)
+
+    @property
     def crops(self) -> int:
         return 10 if self.resize == "oversample" else 1
 
@@ -196,7 +205,7 @@ class Scorer:
 
     def _prepare(self, path):
         try:
-            return self.pre(load_bgr(path)), None
+            return self.pre(load_bgr(path, min_side=self.pre.needed_side)), None
         except UnreadableImage as e:
             return None, str(e)
 
