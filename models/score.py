@@ -203,9 +203,13 @@ class Scorer:
         self.failed = []
         self.lock = threading.Lock()   # one forward at a time: the net's blobs are shared state
 
+    def load(self, path) -> np.ndarray:
+        """An image file as this scorer reads it (BGR, large JPEGs decoded at reduced scale)."""
+        return load_bgr(path, min_side=self.pre.needed_side)
+
     def _prepare(self, path):
         try:
-            return self.pre(load_bgr(path, min_side=self.pre.needed_side)), None
+            return self.pre(self.load(path)), None
         except UnreadableImage as e:
             return None, str(e)
 

@@ -111,7 +111,7 @@ def test_features_are_the_blob_values_and_the_cache_returns_them(tmp_path, model
     kept, feats, scores, failed, cached = collect_features(scorer, paths, "gap", tmp_path,
                                                            show_progress=False)
     assert not cached and not failed and feats.shape == (6, 3)
-    x = np.concatenate([scorer.pre(np.asarray(Image.open(p))[:, :, ::-1]) for p in paths])
+    x = np.concatenate([scorer.pre(scorer.load(p)) for p in paths])
     np.testing.assert_allclose(feats, x.mean(axis=(2, 3)), atol=1e-4)   # gap = channel means
     again = collect_features(scorer, paths, "gap", tmp_path, show_progress=False)
     assert again[4] and again[0] == kept
