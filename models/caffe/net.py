@@ -145,6 +145,12 @@ class Net:
     ``Net(prototxt, phase, level=0, stages=[...], weights=...)`` as in pycaffe; ``device`` and
     ``fast`` pick the device and fast mode (default: the global mode)."""
 
+    def __new__(cls, network=None, *args, **kwargs):
+        from . import backend
+        if backend.backend() == "caffe" and cls is Net:
+            return _real_net(backend.real(), network, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, network, *args, phase=None, weights=None, level=0, stages=None,
                  device=None, fast=None):
         if len(args) == 1:
@@ -754,6 +760,25 @@ class Net:
             for k, v in res.items():
                 outs[k].extend(np.array(v[:real], copy=True))
         return {k: np.asarray(v) for k, v in outs.items()}
+
+
+def _real_net(real, network, *args, phase=None, weights=None, level=0, stages=None,
+              device=None, fast=None):
+    """Build the same net with real pycaffe (the "caffe" backend)."""
+    if isinstance(network, caffe_pb2.NetParameter):
+        raise UserError("the caffe backend builds nets from files only", path="<net>")
+    if not pathlib.Path(network).is_file():
+        raise UserError("file not found", path=network)
+    if len(args) == 1:
+        phase = args[0]
+    elif len(args) == 2:
+        weights, phase = args
+    kw = {"level": level}
+    if stages is not None:
+        kw["stages"] = list(stages)
+    if weights is not None:
+        kw["weights"] = str(weights)
+    return real.Net(str(network), phase, **kw)
 
 
 @dataclasses.dataclass

@@ -245,6 +245,9 @@ def solver_class(param, source="<solver>"):
 def get_solver(solver, **kwargs) -> SGDSolver:
     """The solver its prototxt's ``type`` (or legacy ``solver_type``) names: pycaffe's
     ``caffe.get_solver(path)``. ``solver`` may also be a SolverParameter."""
+    from . import backend
+    if backend.backend() == "caffe":
+        return backend.real().get_solver(str(solver))
     if isinstance(solver, caffe_pb2.SolverParameter):
         return solver_class(solver, kwargs.get("source", "<solver>"))(solver, **kwargs)
     param = read_solver_param(solver)
