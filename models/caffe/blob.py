@@ -3,7 +3,9 @@ you can write into, ``.shape``, ``.reshape``), held as torch tensors on the net'
 
 On the CPU in float32 ``.data`` and ``.diff`` are views of the tensors: writes land directly. On
 CUDA (or in bf16), they are host copies, like Caffe's SyncedMemory: reading makes a copy, and the
-net copies it back before it next computes, so ``blob.data[...] = x`` works everywhere.
+net copies it back before it next computes, so ``blob.data[...] = x`` works everywhere. A copy the
+user did not change is not copied back; values written into a bf16 blob (fast mode) are kept in
+float32, as written.
 """
 from __future__ import annotations
 
@@ -16,13 +18,14 @@ def _is_view_safe(t: torch.Tensor) -> bool:
 
 
 class Blob:
-    __slots__ = ("_t", "_d", "_host", "_host_diff", "device")
+    __slots__ = ("_t", "_d", "_host", "_handed", "_host_diff", "device")
 
     def __init__(self, shape=(), device=None, tensor=None):
         self.device = torch.device(device or "cpu")
         self._t = tensor if tensor is not None else torch.zeros(tuple(shape), device=self.device)
         self._d = None
         self._host = None       # host copy of data handed out (device/bf16 tensors only)
+        self._handed = None     # ... and what it held when handed out
         self._host_diff = None
 
     # -------------------------------------------------------------- tensors (for the engine)
@@ -30,13 +33,18 @@ class Blob:
     def tensor(self) -> torch.Tensor:
         """The data tensor, after applying writes made through ``.data``."""
         if self._host is not None:
-            self._push(self._t, self._host)
-            self._host = None
+            host, handed = self._host, self._handed
+            self._host = self._handed = None
+            if not np.array_equal(host, handed, equal_nan=True):    # the user wrote into it
+                if self._t.dtype == torch.float32:
+                    self._push(self._t, host)
+                else:
+                    self._t = torch.from_numpy(host).to(self._t.device)
         return self._t
 
     def set_tensor(self, t: torch.Tensor):
         self._t = t
-        self._host = None
+        self._host = self._handed = None
 
     @property
     def diff_tensor(self) -> torch.Tensor:
@@ -53,6 +61,20 @@ class Blob:
         self._d = d
         self._host_diff = None
 
+    @property
+    def has_diff(self) -> bool:
+        """False while the diff is all zeros because nothing has been written to it."""
+        return self._d is not None and self._d.shape == self._t.shape
+
+    def clear_diff(self):
+        """Zero the diff by dropping it (a leaf's ``.grad`` too): reading it gives new zeros,
+        and a backward can take autograd's gradient as the diff instead of adding it to zeros.
+        Keep no view of the old diff across this call; read ``.diff`` again."""
+        self._d = None
+        self._host_diff = None
+        if self._t.is_leaf and self._t.grad is not None:
+            self._t.grad = None
+
     @staticmethod
     def _push(t, host):
         with torch.no_grad():
@@ -65,6 +87,7 @@ class Blob:
         if _is_view_safe(t):
             return t.detach().numpy()
         self._host = t.detach().float().cpu().numpy()
+        self._handed = self._host.copy()
         return self._host
 
     @data.setter

@@ -195,6 +195,7 @@ class Net:
         self.param_specs = []                       # per layer: list of (lr_mult, decay_mult)
         self._param_owner: dict[str, tuple] = {}    # shared param name -> (layer, index)
         memory = 0
+        writer: dict[int, Layer] = {}               # blob id -> the layer that last wrote it
 
         for li, lp in enumerate(net.layer):
             if not lp.HasField("phase"):
@@ -252,6 +253,10 @@ class Net:
             self.bottom_ids.append(b_ids)
             self.top_ids.append(t_ids)
             self.creates_top.append(creates)
+            if layer.inplace_capable and creates and not any(creates):
+                layer.inplace = all(writer[t].top_reusable for t in t_ids)
+            for tid in t_ids:
+                writer[tid] = layer
 
             # set up: parameters, then top shapes
             glog.info("net.cpp:124", f"Setting up {lp.name}")
@@ -307,9 +312,13 @@ class Net:
         glog.info("net.cpp:257", "Network initialization done.")
 
     def _top_shapes(self, layer, bottoms):
-        """Top shapes: a source layer knows them; others run forward on meta tensors."""
+        """Top shapes: a source layer knows them, most layers compute them from the bottoms'
+        shapes; others run forward on meta tensors."""
         if layer.is_source:
             return [tuple(s) for s in layer.top_shapes()]
+        shapes = layer.output_shapes([tuple(b.shape) for b in bottoms])
+        if shapes is not None:
+            return [tuple(s) for s in shapes]
         params = [b.tensor for b in layer.blobs]
         try:
             with torch.no_grad():
@@ -616,14 +625,15 @@ class Net:
                 t = blob.tensor
                 if t.requires_grad and t.is_leaf and id(t) not in seen:
                     seen.add(id(t))
-                    if t.grad is None:
-                        t.grad = blob.diff_tensor
+                    # parameter diffs accumulate, as in Caffe; a cleared (zero) diff is left
+                    # out so that autograd's new gradient becomes the diff without an addition
+                    t.grad = blob.diff_tensor if blob.has_diff else None
                     params.append((blob, t))
         self._graph_ready = False
         if tensors:
             torch.autograd.backward(tensors, grads)
         for blob, t in params:
-            if t.grad is not blob._d:
+            if t.grad is not None and t.grad is not blob._d:
                 blob.set_diff(t.grad)
         for tid in self.input_ids:   # input leaves: the hook wrote the diff; do not accumulate
             t = self._blobs[tid].tensor
@@ -654,8 +664,7 @@ class Net:
     def clear_param_diffs(self):
         for layer in self.layers:
             for blob in layer.blobs:
-                if blob._d is not None:
-                    blob._d.zero_()
+                blob.clear_diff()
 
     # ------------------------------------------------------------ weights
     def copy_from(self, path):
