@@ -212,15 +212,19 @@ def test_fast_mode_blobs_read_and_write_as_float32():
     # a write into an intermediate blob is what the rest of the net computes from
     pool5 = np.random.default_rng(5).random(net.blobs["pool5"].shape).astype(np.float32)
     net.blobs["pool5"].data[...] = pool5
-    assert np.array_equal(net.blobs["pool5"].data, pool5)
+    assert np.allclose(net.blobs["pool5"].data, pool5, rtol=1 / 128, atol=0)   # bf16 storage
     out = net.forward(start="fc6")["prob"].copy()
     ref.blobs["pool5"].data[...] = pool5
     expected = ref.forward(start="fc6")["prob"]
     assert np.abs(out - expected).max() <= 0.02
-    # a write into a parameter changes the output
-    net.params["fc8"][1].data[...] = 0
-    net.params["fc8"][1].data[7] = 50.0
+    # parameters: an inference net in fast mode keeps convolution and inner product
+    # parameters in bf16, shown as float32; a write changes the output
+    fc8 = net.params["fc8"][1]
+    assert fc8.tensor.dtype == torch.bfloat16 and fc8.data.dtype == np.float32
+    fc8.data[...] = 0
+    fc8.data[7] = 50.0
     assert net.forward(start="fc6")["prob"][0].argmax() == 7
+    assert fc8.data[7] == 50.0 and fc8.data.sum() == 50.0
 
 
 TRAIN_NET = """

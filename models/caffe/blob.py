@@ -3,9 +3,8 @@ you can write into, ``.shape``, ``.reshape``), held as torch tensors on the net'
 
 On the CPU in float32 ``.data`` and ``.diff`` are views of the tensors: writes land directly. On
 CUDA (or in bf16), they are host copies, like Caffe's SyncedMemory: reading makes a copy, and the
-net copies it back before it next computes, so ``blob.data[...] = x`` works everywhere. A copy the
-user did not change is not copied back; values written into a bf16 blob (fast mode) are kept in
-float32, as written.
+net copies it back before it next computes, so ``blob.data[...] = x`` works everywhere (into a
+bf16 blob of fast mode, rounded to bf16). A copy the user did not change is not copied back.
 """
 from __future__ import annotations
 
@@ -36,10 +35,7 @@ class Blob:
             host, handed = self._host, self._handed
             self._host = self._handed = None
             if not np.array_equal(host, handed, equal_nan=True):    # the user wrote into it
-                if self._t.dtype == torch.float32:
-                    self._push(self._t, host)
-                else:
-                    self._t = torch.from_numpy(host).to(self._t.device)
+                self._push(self._t, host)
         return self._t
 
     def set_tensor(self, t: torch.Tensor):

@@ -16,6 +16,8 @@ Class attributes tell the net what Caffe's layer traits are:
                       (sets ``self.inplace``) where the prototxt is in-place and it is safe
   top_reusable        its top is a new tensor that its backward never reads, so an in-place
                       layer after it may overwrite it (as Caffe's in-place ReLU does)
+  bf16_params         autocast (fast mode) runs it in bf16, parameters included: a fast net
+                      that never runs backward may store them in bf16
 
 ``output_shapes(bottom_shapes)`` gives the top shapes without computing anything; a layer that
 does not say (None) is run forward on "meta" tensors instead.
@@ -61,6 +63,7 @@ class Layer:
     label_bottoms: tuple = ()
     inplace_capable = False
     top_reusable = False
+    bf16_params = False
 
     def __init__(self, lp, phase, device, source="<net>"):
         self.param = lp

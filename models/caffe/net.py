@@ -306,7 +306,7 @@ class Net:
         self._output_ids = [blob_index[n] for n in sorted(available)]
         self._set_param_grads()
         if self.fast:
-            self._to_channels_last()
+            self._to_fast_storage()
         glog.info("net.cpp:244", "\n".join(
             f"This network produces output {self._blob_names[i]}" for i in self._output_ids))
         glog.info("net.cpp:257", "Network initialization done.")
@@ -406,13 +406,21 @@ class Net:
                 if need and not t.requires_grad:
                     t.requires_grad_(True)
 
-    def _to_channels_last(self):
+    def _to_fast_storage(self):
+        """Fast mode: 4-D parameters in channels_last. In a net that never runs backward, the
+        parameters that autocast would cast to bf16 at every forward (convolution and inner
+        product weights and biases) are stored in bf16 once; their ``.data`` is then a float32
+        copy (writes are copied back, as on a GPU) and the outputs are the same."""
+        inference = not any(self.layer_need_backward)
         for layer in self.layers:
             for blob in layer.blobs:
                 t = blob.tensor
-                if t.dim() == 4:
-                    with torch.no_grad():
+                with torch.no_grad():
+                    if t.dim() == 4:
                         t.data = t.data.contiguous(memory_format=torch.channels_last)
+                    if inference and layer.bf16_params and t.dtype == torch.float32:
+                        blob.set_tensor(t.detach().to(torch.bfloat16)
+                                        .requires_grad_(t.requires_grad))
 
     # ------------------------------------------------------------ pycaffe surface
     @property

@@ -20,6 +20,7 @@ class InnerProduct(Layer):
     num_output) with ``transpose``."""
     type = "InnerProduct"
     top_reusable = True
+    bf16_params = True
 
     def output_shapes(self, bottom_shapes):
         shape = tuple(bottom_shapes[0])

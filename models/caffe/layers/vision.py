@@ -33,6 +33,7 @@ def _per_axis(layer, repeated, h, w, has_hw, n, default, name):
 
 class _ConvBase(Layer):
     top_reusable = True
+    bf16_params = True
 
     def output_shapes(self, bottom_shapes):
         shape = tuple(bottom_shapes[0])
