@@ -148,6 +148,17 @@ def test_forward_with_filled_weights(name):
     assert net.blobs[net.top_names[relu.name][0]].data.min() >= 0
 
 
+def test_building_allocates_parameters_only():
+    net = zoo_net("caffenet", batch=4)
+    assert all(blob.shaped.is_meta for name, blob in net.blobs.items() if name != "data")
+    assert net.blobs["conv1"].data.shape == (4, 96, 55, 55)    # reading gives zeros
+    assert not net.blobs["conv1"].data.any()
+    fill(net)
+    net.forward(data=image(net))
+    assert not any(blob.shaped.is_meta for blob in net.blobs.values())
+    assert net.blobs["fc7"].data.any()
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
                                   for n in FILES])
 def test_weights_round_trip(name, tmp_path):

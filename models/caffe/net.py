@@ -260,7 +260,7 @@ class Net:
 
             # set up: parameters, then top shapes
             glog.info("net.cpp:124", f"Setting up {lp.name}")
-            bottoms = [self._blobs[b].tensor for b in b_ids]
+            bottoms = [self._blobs[b].shaped for b in b_ids]
             layer.setup(bottoms)
             shapes = self._top_shapes(layer, bottoms)
             for j, (tid, shape) in enumerate(zip(t_ids, shapes)):
@@ -495,6 +495,11 @@ class Net:
         record = torch.is_grad_enabled() and any(self.layer_need_backward)
         self._graph_ready = record
         self._hooks_clear()
+        for li in range(start, end + 1):   # what this pass recomputes: free the old values first
+            if not self.layers[li].is_source:
+                for tid, creates in zip(self.top_ids[li], self.creates_top[li]):
+                    if creates:
+                        self._blobs[tid].release()
         loss = 0.0
         loss_tensors = []
         with state.autocast(self.device, self.fast):
@@ -558,14 +563,16 @@ class Net:
         for h in getattr(self, "_hook_handles", []):
             h.remove()
         self._hook_handles = []
+        self._watched = []
 
     def _watch(self, tid, tensor):
         """After backward, the blob's diff is the gradient with respect to this tensor."""
         blob = self._blobs[tid]
 
         def hook(grad, blob=blob):
-            blob.set_diff(grad.detach().float() if grad.dtype != torch.float32 else grad)
+            blob.set_diff(grad.detach())   # bf16 in fast mode: .diff shows it as float32
         self._hook_handles.append(tensor.register_hook(hook))
+        self._watched.append(blob)
 
     def _watch_scratch(self, li, layer, bottoms, params, top):
         """Reproduce what Caffe's backward leaves in the diffs of bottoms it does not
@@ -638,6 +645,8 @@ class Net:
                     t.grad = blob.diff_tensor if blob.has_diff else None
                     params.append((blob, t))
         self._graph_ready = False
+        for blob in self._watched:   # their new diffs replace these: do not hold both
+            blob.set_diff(None)
         if tensors:
             torch.autograd.backward(tensors, grads)
         for blob, t in params:
@@ -726,7 +735,7 @@ class Net:
         for li, layer in enumerate(self.layers):
             if layer.is_source:
                 continue
-            bottoms = [self._blobs[b].tensor for b in self.bottom_ids[li]]
+            bottoms = [self._blobs[b].shaped for b in self.bottom_ids[li]]
             for tid, shape in zip(self.top_ids[li], self._top_shapes(layer, bottoms)):
                 self._blobs[tid].reshape(shape)
 
