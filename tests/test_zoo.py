@@ -209,6 +209,25 @@ def test_fast_mode_is_close_to_fp32(name):
     assert conv.blobs[0].tensor.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_fast_inference_net_loads_and_saves_a_caffemodel(tmp_path):
+    exact = zoo_net("googlenet")
+    fill(exact, seed=4)
+    path = tmp_path / "googlenet.caffemodel"
+    exact.save(path)
+    fast = caffe.Net(str(ZOO / FILES["googlenet"]), str(path), caffe.TEST, fast=True)
+    fast.blobs["data"].reshape(1, 3, 224, 224)
+    fast.reshape()
+    x = image(exact)
+    p32 = exact.forward(data=x)["prob"].copy()
+    assert np.abs(fast.forward(data=x)["prob"] - p32).max() <= 0.02
+    # what it saves is its bf16 weights as float32: within bf16 rounding of the originals
+    fast.save(tmp_path / "again.caffemodel")
+    again = zoo_net("googlenet")
+    again.copy_from(tmp_path / "again.caffemodel")
+    w, w0 = again.params["inception_4a/3x3"][0].data, exact.params["inception_4a/3x3"][0].data
+    assert np.allclose(w, w0, rtol=1 / 128, atol=1e-30) and not np.array_equal(w, w0)
+
+
 def test_fast_mode_blobs_read_and_write_as_float32():
     net = zoo_net("caffenet", fast=True)
     fill(net)
