@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["deepselfie*", "scrape*", "label*", "models*"]),
-    package_data={"models.caffe.proto": ["*.proto"]},
+    package_data={"models.caffe.proto": ["*.proto"], "models": ["*.html"]},
     install_requires=[
         # the user's design card
         "numpy>=1.24",
@@ -24,13 +24,21 @@ setup(
         "Pillow>=10",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "scikit-learn>=1.2",    # PCA and t-SNE for the feature map (openTSNE is used if present)
+        "scipy>=1.9",           # linear_sum_assignment snaps the t-SNE map to a grid
     ],
     extras_require={
+        "leveldb": ["plyvel>=1.5"],  # Data layers with backend: LEVELDB
         "test": [
             "pytest>=7",
             "hypothesis>=6",
             "grpcio-tools==1.85.1",  # protoc for the caffe_pb2 staleness test
+            "plyvel>=1.5",  # the LevelDB backend's test
+            "opencv-python-headless>=4.5",  # reference for OpenCV-exact decoding and resizing
+            "scikit-learn>=1.2",     # its sample photos (china.jpg, flower.jpg) for the face tests
+            "selenium>=4.10",        # drives headless Chromium in the web page test
         ],
+        "tsne": ["openTSNE>=1.0"],   # faster t-SNE for large maps (scikit-learn's otherwise)
     },
     entry_points={"console_scripts": ["deepselfie = deepselfie.cli:main"]},
 )

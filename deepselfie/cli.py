@@ -17,6 +17,13 @@ from .errors import UserError
 
 # The modules that register subcommands, in the order --help lists them.
 STAGE_MODULES = [
+    "scrape.cli",          # scrape, catalog
+    "models.faces.stage",  # faces
+    "label.cli",           # label
+    "models.caffe_tool",   # train, test, time: Caffe's tool
+    "models.cli",          # score, fetch-weights
+    "models.cli_beyond",   # crop, tsne, serve
+    "deepselfie.demo.run", # demo
 ]
 
 
@@ -42,6 +49,30 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
+def _register_config(sub, common):
+    p = sub.add_parser("config", parents=[common], help="show the effective configuration",
+                       description="Print the validated configuration (defaults, config file, "
+                                   "--set overrides) as YAML, or one value with --get.")
+    p.add_argument("--get", metavar="SECTION.KEY", help="print one value")
+    p.set_defaults(func=_run_config)
+
+
+def _run_config(args, cfg):
+    import json
+
+    import yaml
+    if args.get:
+        sec, _, key = args.get.partition(".")
+        if sec not in cfg or key not in cfg[sec]:
+            raise UserError("no such key", path="--get", field=args.get)
+        value = cfg[sec][key]
+        print(value if isinstance(value, str) else json.dumps(value))
+        return 0
+    print(f"# effective configuration (from {cfg.source or 'built-in defaults'})")
+    print(yaml.safe_dump({k: dict(v) for k, v in cfg.items()}, sort_keys=False).rstrip())
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="deepselfie",
                     description="What a deep neural network thinks about your #selfie: "
@@ -50,6 +81,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(title="stages", dest="command", metavar="COMMAND",
                                 parser_class=Parser)
     common = common_options()
+    _register_config(sub, common)
     for name in STAGE_MODULES:
         importlib.import_module(name).register(sub, common)
     return parser

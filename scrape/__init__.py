@@ -1,1 +1,17 @@
-"""Stage 1: collect #selfie posts into the SQLite catalog and the content-addressed image store."""
+"""Stage 1: collect #selfie posts into the SQLite catalog and the content-addressed image store.
+
+The entry point is ``scrape.stage.run_scrape(cfg, ...)`` (the CLI, scripts/scrape.sh and the
+demo call it). The parts, one concept per module:
+
+  catalog     the SQLite catalog every stage shares (schema, migrations, reads and writes)
+  mastodon    a Mastodon-API status -> PostRecord, or the reason to skip it (opt-outs included)
+  timeline    paging one hashtag timeline from a saved cursor (Link header or max_id)
+  fetch       GET over http(s): retries, backoff, 429s, redirects, byte limits
+  pacing      per-host pacing from X-RateLimit-* headers
+  images      decode before keep; the images/<aa>/<sha256>.<ext> store
+  downloader  the download threads, recording each outcome
+  folder      the folder source (your images + a metadata CSV)
+  tally       what a run did, for its summary line
+  cli         `deepselfie scrape` and `deepselfie catalog stats|export`
+  testserver  a Mastodon-API server on 127.0.0.1 (tests, benchmark, demo)
+"""

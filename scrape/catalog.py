@@ -5,16 +5,22 @@ The schema is versioned with ``PRAGMA user_version``; MIGRATIONS[i] takes versio
 Append a migration to change it; never edit one that has landed.
 
 Tables
-  authors    one row per account (acct as the home server spells it, e.g. alice@example.org)
+  authors    one row per account (acct as the home server spells it, e.g. alice@example.org);
+             noindex = 1 when the author has opted out since their posts were collected
   posts      one row per post, keyed by ``uri`` (the identity across servers)
-  media      a post's image attachments in order; ``sha256`` is set once downloaded
+  media      a post's attachments in order (``kind`` image, gifv, video, ...); ``sha256`` is set
+             once the image is downloaded and kept
   images     the content-addressed store: images/<aa>/<sha256>.<ext>, decoded size
-  downloads  the outcome of each media download attempt (ok / failed / skipped, with a reason)
+  downloads  the outcome per media row: ok, failed (transient: retried next run) or skipped
+             (permanent: not an image, too big, gone, ...), with the reason
   cursors    the resume point per (server, tag)
   runs       one row per stage run: when, arguments, summary
   faces      detected faces per image (by sha256), one row per face
   face_scans which images the face stage has looked at, with the face count
   labels     the label stage's output per post (group, rank, label, split), per label run
+
+Every write that belongs together happens in one transaction, so a process killed at any moment
+leaves the catalog as it was before or after that step, never in between.
 """
 from __future__ import annotations
 
@@ -22,7 +28,9 @@ import contextlib
 import datetime as dt
 import json
 import pathlib
+import re
 import sqlite3
+import urllib.parse
 from dataclasses import dataclass, field
 
 from deepselfie.errors import UserError
@@ -67,12 +75,15 @@ MIGRATIONS = [
         id          INTEGER PRIMARY KEY,
         post_id     INTEGER NOT NULL REFERENCES posts(id),
         position    INTEGER NOT NULL,
+        kind        TEXT NOT NULL DEFAULT 'image',  -- image | gifv | video | audio | unknown
         url         TEXT,
         width       INTEGER,          -- as the server claims (meta.original)
         height      INTEGER,
         sha256      TEXT REFERENCES images(sha256),
         UNIQUE (post_id, position)
     );
+    CREATE INDEX media_url ON media(url);
+    CREATE INDEX media_sha256 ON media(sha256);
     CREATE TABLE downloads (
         media_id    INTEGER PRIMARY KEY REFERENCES media(id),
         status      TEXT NOT NULL,    -- ok | failed | skipped
@@ -83,7 +94,7 @@ MIGRATIONS = [
     CREATE TABLE cursors (
         server      TEXT NOT NULL,
         tag         TEXT NOT NULL,
-        state       TEXT NOT NULL,    -- JSON: next url / max_id, pages, done
+        state       TEXT NOT NULL,    -- JSON: next page, newest id seen, done, last error
         updated_at  TEXT NOT NULL,
         PRIMARY KEY (server, tag)
     );
@@ -126,26 +137,57 @@ MIGRATIONS = [
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# What `deepselfie catalog export` writes per post, in this order, and nothing else.
+EXPORT_KEYS = ("uri", "author", "followers", "likes", "tags", "created_at", "fetched_at",
+               "server", "images")
+
 
 def utcnow() -> str:
     """Now as ISO-8601 UTC with seconds: 2026-11-29T17:40:32+00:00."""
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+_FRACTION = re.compile(r"(T\d{2}:\d{2}:\d{2})[.,]\d+")
+
+
 def to_iso(value) -> str:
-    """A datetime or ISO string (Z or offset) -> canonical ISO-8601 UTC string."""
+    """A datetime or ISO string -> canonical ISO-8601 UTC string, whole seconds.
+
+    Accepts what servers send: ``Z`` or an offset, any number of fraction digits
+    (``2019-12-08T03:48:33.901Z``), a bare date (midnight UTC). Raises ValueError otherwise.
+    """
     if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        text = _FRACTION.sub(r"\1", value.strip())
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        value = dt.datetime.fromisoformat(text)
+    if not isinstance(value, dt.datetime):
+        raise ValueError(f"not a date and time: {value!r}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+    try:
+        return value.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+    except OverflowError:   # 0001-01-01T00:00:00+05:00
+        raise ValueError(f"date out of range: {value!r}") from None
+
+
+def host_of(url: str | None) -> str:
+    """The lower-case host[:port] of a URL ('' when there is none)."""
+    try:
+        return urllib.parse.urlsplit(url or "").netloc.lower()
+    except ValueError:
+        return ""
 
 
 @dataclass
 class MediaRecord:
+    """One attachment. ``skip`` is why it will not be downloaded (not an image, no url, ...)."""
+
     url: str | None
     width: int | None = None
     height: int | None = None
+    kind: str = "image"
+    skip: str | None = None
 
 
 @dataclass
@@ -168,8 +210,23 @@ class PostRecord:
     media: list[MediaRecord] = field(default_factory=list)
 
 
+@dataclass
+class StoredImage:
+    """An image kept in the store: what the images table holds."""
+
+    sha256: str
+    path: str        # relative to the data dir
+    width: int
+    height: int
+    bytes: int
+    format: str
+
+
 class Catalog:
-    """The SQLite catalog. ``with Catalog(path) as cat: ...`` commits on success."""
+    """The SQLite catalog. ``with Catalog(path) as cat: ...`` closes it at the end.
+
+    One connection per thread: open another Catalog on the same path in each worker thread.
+    """
 
     def __init__(self, path, *, create: bool = True):
         self.path = pathlib.Path(path)
@@ -177,7 +234,10 @@ class Catalog:
             raise UserError("no catalog here: run `deepselfie scrape` first", path=self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            # check_same_thread=False only so that the owner may close it from another thread;
+            # a connection is never used by two threads at once.
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                      check_same_thread=False)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -229,7 +289,7 @@ class Catalog:
     def version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
-    # ------------------------------------------------------------ writes
+    # ------------------------------------------------------------ posts
     def upsert_author(self, acct: str, followers: int | None = None, *, indexable=None,
                       noindex=None) -> int:
         now = utcnow()
@@ -245,11 +305,24 @@ class Catalog:
              None if noindex is None else int(noindex), now))
         return self.db.execute("SELECT id FROM authors WHERE acct = ?", (acct,)).fetchone()[0]
 
+    def mark_opted_out(self, acct: str) -> bool:
+        """An author we already have has opted out since: flag them (noindex = 1) so that later
+        stages leave their posts alone. Authors we do not have are not recorded. -> flagged?"""
+        return self.db.execute("UPDATE authors SET noindex = 1, updated_at = ? WHERE acct = ?",
+                               (utcnow(), acct)).rowcount > 0
+
     def upsert_post(self, post: PostRecord) -> tuple[int, bool]:
-        """Insert or refresh a post (counts, fetched_at) and its media; -> (post id, is new)."""
+        """Insert or refresh a post (counts, fetched_at) and its media; -> (post id, is new).
+
+        A post read from its home server (the host of its uri) has the true counts; a copy read
+        from another server is never allowed to replace it (the counts there lag behind).
+        """
         with self.transaction():
+            row = self.db.execute("SELECT id, server FROM posts WHERE uri = ?",
+                                  (post.uri,)).fetchone()
+            if row is not None and not _may_replace(post, row["server"]):
+                return row["id"], False
             author_id = self.upsert_author(post.author, post.followers)
-            row = self.db.execute("SELECT id FROM posts WHERE uri = ?", (post.uri,)).fetchone()
             values = (author_id, post.server, post.status_id, post.url, to_iso(post.created_at),
                       to_iso(post.fetched_at), int(post.followers), int(post.likes),
                       int(post.reblogs), json.dumps(sorted({t.lower() for t in post.tags})),
@@ -261,20 +334,42 @@ class Catalog:
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""", values + (post.uri,))
                 post_id, new = cur.lastrowid, True
             else:
-                post_id, new = row[0], False
+                post_id, new = row["id"], False
                 self.db.execute(
                     """UPDATE posts SET author_id=?, server=?, status_id=?, url=?, created_at=?,
                        fetched_at=?, followers=?, likes=?, reblogs=?, tags=?, sensitive=?,
                        source=? WHERE uri=?""", values + (post.uri,))
-            for pos, m in enumerate(post.media):
-                self.db.execute(
-                    """INSERT INTO media (post_id, position, url, width, height)
-                       VALUES (?, ?, ?, ?, ?)
-                       ON CONFLICT(post_id, position) DO UPDATE SET url = excluded.url,
-                         width = excluded.width, height = excluded.height""",
-                    (post_id, pos, m.url, m.width, m.height))
+            self._sync_media(post_id, post.media)
         return post_id, new
 
+    def _sync_media(self, post_id: int, media: list[MediaRecord]) -> None:
+        for pos, m in enumerate(media):
+            old = self.db.execute("SELECT id, url FROM media WHERE post_id = ? AND position = ?",
+                                  (post_id, pos)).fetchone()
+            if old is None:
+                media_id = self.db.execute(
+                    """INSERT INTO media (post_id, position, kind, url, width, height)
+                       VALUES (?, ?, ?, ?, ?, ?)""",
+                    (post_id, pos, m.kind, m.url, m.width, m.height)).lastrowid
+            else:
+                media_id = old["id"]
+                self.db.execute("UPDATE media SET kind=?, url=?, width=?, height=? WHERE id=?",
+                                (m.kind, m.url, m.width, m.height, media_id))
+                if old["url"] != m.url:  # a new url deserves a new try, unless we have the image
+                    self.db.execute("DELETE FROM downloads WHERE media_id = ? AND status != 'ok'",
+                                    (media_id,))
+            if m.skip:
+                self.db.execute(
+                    """INSERT INTO downloads (media_id, status, reason, attempts, updated_at)
+                       VALUES (?, 'skipped', ?, 0, ?) ON CONFLICT(media_id) DO NOTHING""",
+                    (media_id, m.skip, utcnow()))
+        gone = [r[0] for r in self.db.execute(
+            "SELECT id FROM media WHERE post_id = ? AND position >= ?", (post_id, len(media)))]
+        for media_id in gone:
+            self.db.execute("DELETE FROM downloads WHERE media_id = ?", (media_id,))
+            self.db.execute("DELETE FROM media WHERE id = ?", (media_id,))
+
+    # ------------------------------------------------------------ images and downloads
     def add_image(self, sha256: str, path: str, width: int, height: int, nbytes: int,
                   fmt: str) -> None:
         self.db.execute(
@@ -295,6 +390,47 @@ class Catalog:
                      updated_at = excluded.updated_at""",
                 (media_id, status, reason, attempts, utcnow()))
 
+    def keep_image(self, media_id: int, image: StoredImage, attempts: int = 1) -> None:
+        """The image is in the store: add it and link the media row, in one transaction."""
+        with self.transaction():
+            self.add_image(image.sha256, image.path, image.width, image.height, image.bytes,
+                           image.format)
+            self.record_download(media_id, "ok", sha256=image.sha256, attempts=attempts)
+
+    def image_for_url(self, url: str) -> str | None:
+        """The sha256 of an image already kept from this url, if any."""
+        row = self.db.execute("SELECT sha256 FROM media WHERE url = ? AND sha256 IS NOT NULL "
+                              "LIMIT 1", (url,)).fetchone()
+        return row[0] if row else None
+
+    def pending_downloads(self, schemes=("http", "https"), post_ids=None) -> list[tuple[int, str]]:
+        """(media id, url) still to fetch: never tried, or failed (transiently) before."""
+        sql = """SELECT m.id, m.url FROM media m LEFT JOIN downloads d ON d.media_id = m.id
+                 WHERE m.url IS NOT NULL AND (d.status IS NULL OR d.status = 'failed')"""
+        params: list = []
+        if post_ids is not None:
+            post_ids = list(post_ids)
+            if not post_ids:
+                return []
+            sql += f" AND m.post_id IN ({','.join('?' * len(post_ids))})"
+            params += post_ids
+        rows = self.db.execute(sql + " ORDER BY m.id", params).fetchall()
+        schemes = tuple(s + ":" for s in schemes)
+        return [(r[0], r[1]) for r in rows if r[1].lower().startswith(schemes)]
+
+    # ------------------------------------------------------------ cursors and runs
+    def get_cursor(self, server: str, tag: str) -> dict | None:
+        row = self.db.execute("SELECT state FROM cursors WHERE server = ? AND tag = ?",
+                              (server, tag)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_cursor(self, server: str, tag: str, state: dict) -> None:
+        self.db.execute(
+            """INSERT INTO cursors (server, tag, state, updated_at) VALUES (?, ?, ?, ?)
+               ON CONFLICT(server, tag) DO UPDATE SET state = excluded.state,
+                 updated_at = excluded.updated_at""",
+            (server, tag, json.dumps(state, sort_keys=True), utcnow()))
+
     def start_run(self, stage: str, args: dict | None = None) -> int:
         cur = self.db.execute("INSERT INTO runs (stage, started_at, args) VALUES (?, ?, ?)",
                               (stage, utcnow(), json.dumps(args or {}, default=str)))
@@ -303,6 +439,11 @@ class Catalog:
     def finish_run(self, run_id: int, summary: dict, status: str = "done") -> None:
         self.db.execute("UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
                         (utcnow(), status, json.dumps(summary, default=str), run_id))
+
+    def mark_interrupted(self, stage: str) -> int:
+        """Runs of ``stage`` still marked running died (the caller holds the stage lock)."""
+        return self.db.execute("UPDATE runs SET status = 'interrupted' WHERE stage = ? AND "
+                               "status = 'running'", (stage,)).rowcount
 
     # ------------------------------------------------------------ reads
     def counts(self) -> dict:
@@ -320,8 +461,30 @@ class Catalog:
             "labeled_posts": q("SELECT COUNT(DISTINCT post_id) FROM labels"),
         }
 
+    def stats(self) -> dict:
+        """counts() plus the breakdowns `deepselfie catalog stats` prints."""
+        def grouped(sql):
+            return {str(k): n for k, n in self.db.execute(sql)}
+        return {
+            "counts": self.counts(),
+            "image_bytes": self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM images")
+                                  .fetchone()[0],
+            "posts_by_server": grouped("SELECT server, COUNT(*) FROM posts GROUP BY server "
+                                       "ORDER BY server"),
+            "media_by_kind": grouped("SELECT kind, COUNT(*) FROM media GROUP BY kind "
+                                     "ORDER BY kind"),
+            "pending_downloads": self.db.execute(
+                """SELECT COUNT(*) FROM media m LEFT JOIN downloads d ON d.media_id = m.id
+                   WHERE d.status IS NULL""").fetchone()[0],
+            "downloads_by_reason": _by_kind(self.db.execute(
+                """SELECT status, COALESCE(reason, ''), COUNT(*) FROM downloads
+                   WHERE status != 'ok' GROUP BY status, reason""")),
+            "cursors": {f"{s} #{t}": json.loads(state) for s, t, state in self.db.execute(
+                "SELECT server, tag, state FROM cursors ORDER BY server, tag")},
+        }
+
     def iter_posts(self):
-        """Every post with its author and images, as export writes it (dicts, by post id)."""
+        """Every post with its author and images (dicts, by post id)."""
         rows = self.db.execute(
             """SELECT p.*, a.acct AS author FROM posts p JOIN authors a ON a.id = p.author_id
                ORDER BY p.id""")
@@ -338,3 +501,24 @@ class Catalog:
                 "fetched_at": p["fetched_at"], "server": p["server"], "source": p["source"],
                 "sensitive": bool(p["sensitive"]), "images": images,
             }
+
+    def export_rows(self):
+        """One dict per post with exactly EXPORT_KEYS, as `deepselfie catalog export` writes."""
+        for post in self.iter_posts():
+            yield {k: post[k] for k in EXPORT_KEYS}
+
+
+def _by_kind(rows) -> dict:
+    """(status, reason, n) rows -> {'status: reason kind': n}, most frequent first."""
+    from .tally import reason_kind
+    counts: dict = {}
+    for status, reason, n in rows:
+        key = f"{status}: {reason_kind(reason)}"
+        counts[key] = counts.get(key, 0) + n
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _may_replace(post: PostRecord, stored_server: str) -> bool:
+    """May ``post`` (read from post.server) replace the stored copy read from stored_server?"""
+    home = host_of(post.uri)
+    return host_of(post.server) == home or host_of(stored_server) != home

@@ -2,12 +2,24 @@
 import importlib.util
 import os
 import pathlib
+import shutil
+import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GOLDEN = SHARED / "caffe-golden"
+
+# Real Caffe built outside the repo (e.g. /work/caffe-real/python): DEEPSELFIE_PYCAFFE_PATH goes in
+# front of sys.path (for detection and the tests) and of PYTHONPATH (for subprocesses).
+PYCAFFE_PATH = os.environ.get("DEEPSELFIE_PYCAFFE_PATH", "")
+if PYCAFFE_PATH:
+    for _p in reversed(PYCAFFE_PATH.split(os.pathsep)):
+        if _p and _p not in sys.path:
+            sys.path.insert(0, _p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (PYCAFFE_PATH, os.environ.get("PYTHONPATH", "")) if p)
 
 
 def _has_cuda():
@@ -19,13 +31,16 @@ def _has_cuda():
 
 
 def _has_pycaffe():
-    spec = importlib.util.find_spec("caffe")
-    if spec is None:
+    """Whether ``import caffe`` gives real Caffe (its C++ module, not the PyPI placeholder), asked
+    of a child process: the tests run real Caffe in children too (tests/real_caffe.py)."""
+    if importlib.util.find_spec("caffe") is None:
         return False
+    import subprocess
+    probe = "import caffe, caffe._caffe; assert hasattr(caffe, 'Net')"
     try:
-        import caffe  # noqa: F401  (the PyPI placeholder has no Net)
-        return hasattr(caffe, "Net")
-    except Exception:
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120,
+                              env={**os.environ, "GLOG_minloglevel": "2"}).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
         return False
 
 
@@ -42,6 +57,20 @@ def pytest_collection_modifyitems(config, items):
             has_caffe = _has_pycaffe() if has_caffe is None else has_caffe
             if not has_caffe:
                 item.add_marker(skip_caffe)
+
+
+@pytest.fixture
+def caffe_bin():
+    """Real Caffe's ``caffe`` command: $DEEPSELFIE_CAFFE_BIN, else next to pycaffe (cmake install
+    layout PREFIX/bin, Makefile layout build/tools), else on PATH."""
+    spec = importlib.util.find_spec("caffe")
+    here = pathlib.Path(spec.origin).resolve().parents[2] if spec and spec.origin else None
+    for cand in (os.environ.get("DEEPSELFIE_CAFFE_BIN"),
+                 here and here / "bin" / "caffe", here and here / "build" / "tools" / "caffe",
+                 shutil.which("caffe")):
+        if cand and pathlib.Path(cand).is_file() and os.access(cand, os.X_OK):
+            return pathlib.Path(cand)
+    pytest.skip("real Caffe's caffe binary not found (set DEEPSELFIE_CAFFE_BIN)")
 
 
 @pytest.fixture

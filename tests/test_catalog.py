@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 
 from deepselfie.errors import UserError
-from scrape.catalog import SCHEMA_VERSION, Catalog, MediaRecord, PostRecord, to_iso
+from scrape.catalog import EXPORT_KEYS, SCHEMA_VERSION, Catalog, MediaRecord, PostRecord, to_iso
 
 
 def _post(uri="https://a.example/p/1", likes=3, **kw):
@@ -51,7 +51,7 @@ def test_downloads_link_media_to_images(tmp_path):
 
 def test_a_failed_transaction_leaves_nothing(tmp_path):
     with Catalog(tmp_path / "c.sqlite") as cat:
-        with pytest.raises((sqlite3.IntegrityError, TypeError, AttributeError)):
+        with pytest.raises((sqlite3.IntegrityError, TypeError, ValueError)):
             cat.upsert_post(_post(created_at=None))
         assert cat.counts()["posts"] == 0 and cat.counts()["authors"] == 0
 
@@ -70,3 +70,57 @@ def test_missing_catalog_when_not_creating(tmp_path):
 
 def test_to_iso_normalizes_offsets():
     assert to_iso("2026-01-01T05:00:00+02:00") == "2026-01-01T03:00:00+00:00"
+
+
+def test_a_remote_copy_never_replaces_the_home_servers_counts(tmp_path):
+    home = _post(uri="https://a.example/users/al/statuses/1", likes=30, server="https://a.example")
+    remote = _post(uri=home.uri, likes=2, server="https://b.example")
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        cat.upsert_post(remote)
+        cat.upsert_post(home)                                  # home replaces remote
+        cat.upsert_post(remote)                                # remote does not replace home
+        (row,) = cat.iter_posts()
+        assert (row["likes"], row["server"]) == (30, "https://a.example")
+
+
+def test_media_to_download_and_a_changed_url(tmp_path):
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        post = _post(media=[MediaRecord("https://a.example/m/1.jpg"),
+                            MediaRecord("https://a.example/m/2.mp4", kind="video",
+                                        skip="not an image (video)"),
+                            MediaRecord(None, skip="no media url")])
+        pid, _ = cat.upsert_post(post)
+        (m1, url), = cat.pending_downloads()
+        assert url == "https://a.example/m/1.jpg"
+        cat.record_download(m1, "failed", "http 503")
+        assert cat.pending_downloads() == [(m1, url)]          # failed: tried again
+        cat.record_download(m1, "skipped", "http 404")
+        assert cat.pending_downloads() == []
+        post.media[0] = MediaRecord("https://a.example/m/1-new.jpg")
+        cat.upsert_post(post)                                  # a new url: a new chance
+        assert cat.pending_downloads() == [(m1, "https://a.example/m/1-new.jpg")]
+        post.media = post.media[:1]
+        cat.upsert_post(post)                                  # attachments removed
+        assert cat.counts()["media"] == 1
+        assert cat.pending_downloads(post_ids=[pid + 1]) == []
+
+
+def test_cursors_runs_and_export_keys(tmp_path):
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        assert cat.get_cursor("https://a.example", "selfie") is None
+        cat.set_cursor("https://a.example", "selfie", {"next": "u", "done": False})
+        assert cat.get_cursor("https://a.example", "selfie") == {"next": "u", "done": False}
+        cat.start_run("scrape")
+        assert cat.mark_interrupted("scrape") == 1
+        cat.upsert_post(_post())
+        (row,) = cat.export_rows()
+        assert tuple(row) == EXPORT_KEYS
+
+
+def test_opted_out_authors_we_have_are_flagged(tmp_path):
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        cat.upsert_post(_post())
+        assert cat.mark_opted_out("alice@a.example")
+        assert not cat.mark_opted_out("stranger@b.example")   # not recorded at all
+        assert [tuple(r) for r in cat.execute("SELECT acct, noindex FROM authors")] == [
+            ("alice@a.example", 1)]

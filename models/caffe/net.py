@@ -145,6 +145,12 @@ class Net:
     ``Net(prototxt, phase, level=0, stages=[...], weights=...)`` as in pycaffe; ``device`` and
     ``fast`` pick the device and fast mode (default: the global mode)."""
 
+    def __new__(cls, network=None, *args, **kwargs):
+        from . import backend
+        if backend.backend() == "caffe" and cls is Net:
+            return _real_net(backend.real(), network, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, network, *args, phase=None, weights=None, level=0, stages=None,
                  device=None, fast=None):
         if len(args) == 1:
@@ -259,9 +265,9 @@ class Net:
                 writer[tid] = layer
 
             # set up: parameters, then top shapes
-            glog.info("net.cpp:124", f"Setting up {lp.name}")
             bottoms = [self._blobs[b].shaped for b in b_ids]
             layer.setup(bottoms)
+            glog.info("net.cpp:124", f"Setting up {lp.name}")
             shapes = self._top_shapes(layer, bottoms)
             for j, (tid, shape) in enumerate(zip(t_ids, shapes)):
                 blob = self._blobs[tid]
@@ -307,8 +313,8 @@ class Net:
         self._set_param_grads()
         if self.fast:
             self._to_fast_storage()
-        glog.info("net.cpp:244", "\n".join(
-            f"This network produces output {self._blob_names[i]}" for i in self._output_ids))
+        for i in self._output_ids:
+            glog.info("net.cpp:244", f"This network produces output {self._blob_names[i]}")
         glog.info("net.cpp:257", "Network initialization done.")
 
     def _top_shapes(self, layer, bottoms):
@@ -481,6 +487,14 @@ class Net:
         names += [self._blob_names[t] for t in self.top_ids[hi]] if end is not None \
             else self.outputs
         return {n: self.blobs[n].data for n in dict.fromkeys(names)}
+
+    def set_input_arrays(self, data, labels):
+        """pycaffe's: give the net's first layer, a MemoryData layer, the arrays it serves
+        (data N x C x H x W, labels N; N a multiple of its batch_size)."""
+        if not self.layers or self.layers[0].type != "MemoryData":
+            raise UserError("set_input_arrays needs a MemoryData layer as the net's first layer",
+                            path=self.source, field="set_input_arrays")
+        self.layers[0].reset(data, labels)
 
     def set_input(self, name, value):
         """Copy an array into a blob, reshaping the blob (and so the net) when needed."""
@@ -675,7 +689,8 @@ class Net:
     def forward_backward(self) -> float:
         """One forward and backward pass (parameter diffs accumulate); returns the loss."""
         loss = self.forward_range(0, len(self.layers) - 1)
-        self.backward_from([(tid, self._producer(tid)) for tid in self._output_ids])
+        if any(self.layer_need_backward):
+            self.backward_from([(tid, self._producer(tid)) for tid in self._output_ids])
         return loss
 
     def clear_param_diffs(self):
@@ -771,6 +786,25 @@ class Net:
             for k, v in res.items():
                 outs[k].extend(np.array(v[:real], copy=True))
         return {k: np.asarray(v) for k, v in outs.items()}
+
+
+def _real_net(real, network, *args, phase=None, weights=None, level=0, stages=None,
+              device=None, fast=None):
+    """Build the same net with real pycaffe (the "caffe" backend)."""
+    if isinstance(network, caffe_pb2.NetParameter):
+        raise UserError("the caffe backend builds nets from files only", path="<net>")
+    if not pathlib.Path(network).is_file():
+        raise UserError("file not found", path=network)
+    if len(args) == 1:
+        phase = args[0]
+    elif len(args) == 2:
+        weights, phase = args
+    kw = {"level": level}
+    if stages is not None:
+        kw["stages"] = list(stages)
+    if weights is not None:
+        kw["weights"] = str(weights)
+    return real.Net(str(network), phase, **kw)
 
 
 @dataclasses.dataclass

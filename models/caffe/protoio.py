@@ -85,6 +85,12 @@ def read_binary_or_text(path, message_type):
             raise binary_error from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write via a temporary file and a rename: readers never see half a file."""
     p = pathlib.Path(path)
@@ -95,6 +101,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; give the usual mode
         os.replace(tmp, p)
     except BaseException:
         try:
@@ -120,7 +127,7 @@ def blob_shape(blob: caffe_pb2.BlobProto) -> tuple:
         return tuple(int(d) for d in blob.shape.dim)
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         return (blob.num, blob.channels, blob.height, blob.width)
-    return (len(blob.data) or len(blob.double_data),)
+    return ()          # Caffe writes no shape for a 0-axis (scalar) blob
 
 
 def blob_is_legacy(blob: caffe_pb2.BlobProto) -> bool:
@@ -202,10 +209,10 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def encode_blob(arr) -> bytes:
     """BlobProto bytes: shape { dim... } and packed float data."""
-    arr = np.ascontiguousarray(arr, dtype="<f4")
+    arr = np.asarray(arr, dtype="<f4")          # (ascontiguousarray would make 0-d arrays 1-d)
     dims = b"".join(_varint(int(d)) for d in arr.shape)
-    shape = _field(1, dims) if arr.shape else b""
-    return _field(7, shape) + _field(5, arr.tobytes())
+    shape = _field(7, _field(1, dims)) if arr.shape else b""   # scalars: no shape, as Caffe
+    return shape + _field(5, arr.tobytes())
 
 
 def encode_net(net: caffe_pb2.NetParameter, layer_blobs: list) -> bytes:

@@ -15,19 +15,29 @@ _fast = False
 _warned_no_cuda = False
 
 
+def _also_real(name, *args):
+    """Forward a global switch to real pycaffe when that backend is on."""
+    from . import backend
+    if backend.backend() == "caffe":
+        getattr(backend.real(), name)(*args)
+
+
 def set_mode_cpu():
     global _mode
     _mode = "cpu"
+    _also_real("set_mode_cpu")
 
 
 def set_mode_gpu():
     global _mode
     _mode = "gpu"
+    _also_real("set_mode_gpu")
 
 
 def set_device(device_id: int):
     global _device_id
     _device_id = int(device_id)
+    _also_real("set_device", int(device_id))
 
 
 def set_fast(enabled: bool = True):
@@ -42,10 +52,13 @@ def fast() -> bool:
 
 def set_random_seed(seed: int):
     """Seed every generator the runtime draws from (fillers, dropout, data shuffling)."""
+    from . import rng
     seed = int(seed)
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
     random.seed(seed)
+    rng.seed(seed)
+    _also_real("set_random_seed", seed)
 
 
 def device() -> torch.device:

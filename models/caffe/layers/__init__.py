@@ -1,2 +1,2 @@
 """Every layer type the runtime knows, registered under its Caffe type name on import."""
-from . import common, input, loss, neuron, vision  # noqa: F401
+from . import common, data, input, loss, neuron, vision  # noqa: F401

@@ -24,9 +24,10 @@ class ReLU(Neuron):
     def forward(self, bottoms, params):
         (x,) = bottoms
         slope = self.param.relu_param.negative_slope
+        inplace = self.inplace and not (x.is_leaf and x.requires_grad)   # (a leaf: run alone)
         if slope:   # torch's in-place leaky_relu has no backward for slopes below 0
-            return [F.leaky_relu(x, slope, inplace=self.inplace and slope > 0)]
-        return [F.relu_(x) if self.inplace else F.relu(x)]
+            return [F.leaky_relu(x, slope, inplace=inplace and slope > 0)]
+        return [F.relu_(x) if inplace else F.relu(x)]
 
 
 @register
@@ -40,15 +41,11 @@ class PReLU(Neuron):
             raise self.error("needs a bottom with a channel axis (or channel_shared)")
         filler = p.filler if p.HasField("filler") else caffe_pb2.FillerParameter(
             type="constant", value=0.25)
-        self.add_param((1,) if p.channel_shared else (x.shape[1],), filler)
+        self.add_param(() if p.channel_shared else (x.shape[1],), filler)   # Caffe: 0-axis
 
     def forward(self, bottoms, params):
         (x,), (a,) = bottoms, params
-        shape = [1] * x.dim()
-        if a.numel() > 1:
-            shape[1] = a.numel()
-        a = a.reshape(shape)
-        return [torch.where(x > 0, x, x * a)]
+        return [F.prelu(x, a.reshape(-1))]
 
 
 @register

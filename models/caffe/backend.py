@@ -1,0 +1,51 @@
+"""The second backend: real BVLC Caffe's pycaffe, behind this module's API.
+
+``caffe.set_backend("caffe")`` (or ``runtime.backend: caffe`` in config.yaml) makes
+``models.caffe.Net`` and ``models.caffe.get_solver`` build real pycaffe objects, which have the
+same surface (blobs, params, forward, backward, save, step, solve, snapshot, restore); the global
+switches (set_mode_*, set_device, set_random_seed) reach both. The default is "torch", this
+project's engine. Real pycaffe is the top-level ``caffe`` module, where it is importable.
+"""
+from __future__ import annotations
+
+import importlib
+
+from deepselfie.errors import UserError
+
+BACKENDS = ("torch", "caffe")
+_backend = "torch"
+
+
+def set_backend(name: str) -> None:
+    global _backend
+    if name not in BACKENDS:
+        raise UserError(f"must be one of {', '.join(BACKENDS)}", path="backend", field=str(name))
+    if name == "caffe":
+        real()                      # fail now, with a clear message, if it is not there
+    _backend = name
+
+
+def backend() -> str:
+    return _backend
+
+
+def available() -> bool:
+    try:
+        real()
+        return True
+    except UserError:
+        return False
+
+
+def real():
+    """The real pycaffe module, or one clear error."""
+    try:
+        mod = importlib.import_module("caffe")
+    except ImportError as e:
+        raise UserError(f"real pycaffe is not importable ({e}); build BVLC Caffe's python "
+                        "module or use the torch backend", path="backend caffe") from None
+    if not hasattr(mod, "Net") or not hasattr(mod, "get_solver"):
+        raise UserError("the importable `caffe` module is not real pycaffe (PyPI's 'caffe' "
+                        "is an empty placeholder); use the torch backend",
+                        path="backend caffe")
+    return mod

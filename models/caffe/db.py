@@ -1,0 +1,206 @@
+"""Caffe's record databases: LMDB (and LevelDB through plyvel), read the way Caffe's data layers
+read them, and a small LMDB writer.
+
+``open_db(source, backend, where)`` checks the database (it exists, it is one, it holds records)
+and returns a reader: ``len(reader)``; ``reader.first()``, the first value (Caffe shapes the
+tops with it); ``reader.items()``, one pass over (key, value) in key order; and
+``reader.cycle()``, endless passes, logging Caffe's "Restarting data prefetching from start."
+at each wrap-around. A pass holds one read transaction, so it sees the database as it was when
+the pass began.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import threading
+import weakref
+from typing import Iterable, Iterator
+
+from deepselfie.errors import UserError
+
+from . import glog
+
+LMDB, LEVELDB = "lmdb", "leveldb"
+
+
+def open_db(source, backend: str = LMDB, where: str | None = None):
+    """A reader for the database at ``source``; ``where`` names the layer in errors."""
+    path = pathlib.Path(source)
+    if backend == LEVELDB:
+        return LevelDBReader(path, where)
+    return LMDBReader(path, where)
+
+
+class _Reader:
+    kind = ""
+
+    def __init__(self, path: pathlib.Path, where):
+        self.path = path
+        self.where = where
+
+    def error(self, message):
+        return UserError(message, path=self.path, field=self.where)
+
+    def _check_dir(self):
+        if not self.path.exists():
+            raise self.error(f"no {self.kind} database here (data_param.source does not exist; "
+                             "paths are relative to the working directory)")
+        if not self.path.is_dir():
+            raise self.error(f"is a file, not a {self.kind} database directory")
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) in key order, once."""
+        raise NotImplementedError
+
+    def cycle(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) in key order, forever, wrapping around with Caffe's log line."""
+        while True:
+            n = 0
+            for item in self.items():
+                n += 1
+                yield item
+            if n == 0:
+                raise self.error(f"the {self.kind} database became empty")
+            glog.info("data_layer.cpp:73", "Restarting data prefetching from start.")
+
+
+class LMDBReader(_Reader):
+    kind = "LMDB"
+
+    def __init__(self, path, where=None):
+        super().__init__(path, where)
+        self._check_dir()
+        if not (path / "data.mdb").exists():
+            raise self.error("not an LMDB database (no data.mdb inside)")
+        self.env = _shared("lmdb", path, "data.mdb", lambda p: _open_lmdb(p, self.error))
+        self.entries = self.env.stat()["entries"]
+        if self.entries == 0:
+            raise self.error("the LMDB database holds no records")
+        glog.info("db_lmdb.cpp:35", "Opened lmdb db")
+
+    def __len__(self):
+        return self.entries
+
+    def first(self) -> bytes:
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            cur.first()
+            return cur.value()
+
+    def items(self):
+        with self.env.begin(buffers=False) as txn:
+            yield from txn.cursor().iternext(keys=True, values=True)
+
+
+_open: "weakref.WeakValueDictionary[tuple, object]" = weakref.WeakValueDictionary()
+_open_ids: dict[tuple, tuple] = {}
+_open_lock = threading.Lock()
+
+
+def _shared(kind: str, path: pathlib.Path, stamp_file: str, opener):
+    # ``stamp_file`` inside the database tells a replaced database (new inode) from the same one
+    """One open handle per database per process (LMDB and LevelDB allow no second one): the
+    train and test nets of a solver share it. Reopened when the database was replaced."""
+    key = (kind, os.path.realpath(path))
+    st = os.stat(os.path.join(key[1], stamp_file))
+    ident = (st.st_dev, st.st_ino)
+    with _open_lock:
+        handle = _open.get(key)
+        if handle is not None and _open_ids.get(key) == ident:
+            return handle
+        if handle is not None:
+            handle.close()
+        handle = opener(key[1])
+        _open[key] = handle
+        _open_ids[key] = ident
+        return handle
+
+
+def _open_lmdb(path: str, error):
+    import lmdb
+    try:
+        return lmdb.open(path, readonly=True, lock=True, readahead=False, max_readers=512)
+    except lmdb.Error:
+        try:   # a read-only copy (no writable lock file): read without locking
+            return lmdb.open(path, readonly=True, lock=False, readahead=False)
+        except lmdb.Error as e:
+            raise error(f"cannot open as LMDB ({e})") from None
+
+
+class _LevelDBHandle:
+    """plyvel's DB cannot be weakly referenced; this holder can."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def close(self):
+        self.db.close()
+
+
+class LevelDBReader(_Reader):
+    kind = "LevelDB"
+
+    def __init__(self, path, where=None):
+        super().__init__(path, where)
+        try:
+            import plyvel
+        except ImportError:
+            raise self.error("backend: LEVELDB needs the plyvel package "
+                             "(pip install plyvel), or convert the database to LMDB") from None
+        self._check_dir()
+        if not (path / "CURRENT").exists():
+            raise self.error("not a LevelDB database (no CURRENT file inside)")
+
+        def opener(p):
+            try:
+                return _LevelDBHandle(plyvel.DB(p, create_if_missing=False))
+            except plyvel.Error as e:
+                raise self.error(f"cannot open as LevelDB ({e})") from None
+        self.handle = _shared("leveldb", path, ".", opener)
+        self.db = self.handle.db
+        self.entries = sum(1 for _ in self.db.iterator(include_value=False))
+        if self.entries == 0:
+            raise self.error("the LevelDB database holds no records")
+        glog.info("db_leveldb.cpp:18", "Opened leveldb db")
+
+    def __len__(self):
+        return self.entries
+
+    def first(self) -> bytes:
+        with self.db.iterator(include_key=False) as it:
+            return next(it)
+
+    def items(self):
+        with self.db.snapshot() as snap, snap.iterator() as it:
+            yield from it
+
+
+def write_lmdb(path, records: Iterable[tuple[bytes, bytes]], map_size: int | None = None) -> int:
+    """Write (key, value) records into a new LMDB at ``path`` (Caffe's layout: a directory with
+    data.mdb). Written into ``path.tmp`` and renamed when complete, so a reader never sees half a
+    database. Returns the number of records."""
+    import shutil
+
+    import lmdb
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    env = lmdb.open(str(tmp), map_size=map_size or 1 << 40, subdir=True, meminit=False)
+    n = 0
+    try:
+        txn = env.begin(write=True)
+        for key, value in records:
+            txn.put(key, value)
+            n += 1
+            if n % 1000 == 0:
+                txn.commit()
+                txn = env.begin(write=True)
+        txn.commit()
+        env.sync()
+    finally:
+        env.close()
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return n

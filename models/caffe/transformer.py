@@ -1,0 +1,130 @@
+"""Caffe's DataTransformer: what ``transform_param`` does to each image on its way into a batch.
+
+In Caffe's order, for one image (C x H x W, BGR, from a Datum or decoded):
+  1. mirror: if ``mirror``, a coin from the layer's generator (``Rand(2)``), in any phase;
+  2. crop: with ``crop_size``, TRAIN takes a random offset (``Rand(H - crop + 1)``, then
+     ``Rand(W - crop + 1)``), TEST the center ((H - crop) / 2, (W - crop) / 2);
+  3. each value becomes ``(pixel - mean) * scale`` in float32, where the mean is ``mean_file``'s
+     pixel at the same (uncropped) position or ``mean_value`` per channel (one value serves all
+     channels); the mirror flips the result left-right.
+
+The random numbers are drawn up front, in that order, by ``draw()``, so a pool of decoders can
+transform images in any order and still give Caffe's sequence; ``transform`` then finishes
+``Rand(n)`` as ``draw % n`` once the image size is known.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import cvimage, glog, protoio
+from .proto import caffe_pb2
+from .rng import Stream, caffe_rng_rand
+
+TRAIN = caffe_pb2.TRAIN
+
+
+class DataTransformer:
+    def __init__(self, param: caffe_pb2.TransformationParameter, phase, error):
+        """``error(message, field)`` makes the layer's UserError (it names the layer)."""
+        self.error = error
+        self.scale = np.float32(param.scale)
+        self.mirror = bool(param.mirror)
+        self.crop = int(param.crop_size)
+        self.train = phase == TRAIN
+        if param.force_color and param.force_gray:
+            raise error("cannot set both force_color and force_gray", "transform_param")
+        self.flag = (cvimage.COLOR if param.force_color else
+                     cvimage.GRAYSCALE if param.force_gray else cvimage.UNCHANGED)
+        self.mean = None            # C x H x W float32 (mean_file)
+        self.mean_values = None     # float32 (mean_value)
+        if param.HasField("mean_file"):
+            if len(param.mean_value):
+                raise error("cannot specify mean_file and mean_value at the same time",
+                            "transform_param")
+            glog.info("data_transformer.cpp:25", f"Loading mean file from: {param.mean_file}")
+            mean = protoio.read_blobproto(param.mean_file)
+            if mean.ndim == 4 and mean.shape[0] == 1:
+                mean = mean[0]
+            if mean.ndim != 3:
+                raise error(f"mean_file {param.mean_file} holds a {mean.shape} blob; a mean "
+                            "image is 1 x C x H x W", "transform_param.mean_file")
+            self.mean = np.ascontiguousarray(mean, dtype=np.float32)
+            self.mean_file = param.mean_file
+        elif len(param.mean_value):
+            self.mean_values = np.asarray(param.mean_value, dtype=np.float32)
+        # Caffe gives the transformer its own generator when it needs one
+        self.needs_rand = self.mirror or (self.train and self.crop > 0)
+        self.stream = Stream(caffe_rng_rand()) if self.needs_rand else None
+
+    # ------------------------------------------------------------ randomness, in Caffe's order
+    def draw(self):
+        """The random numbers one image will use: (mirror, h, w), each None when not drawn."""
+        mirror = self.stream.draw() if self.mirror else None
+        if self.train and self.crop:
+            return mirror, self.stream.draw(), self.stream.draw()
+        return mirror, None, None
+
+    # ------------------------------------------------------------ shapes and checks
+    def output_shape(self, shape):
+        """C x h x w of a transformed C x H x W image."""
+        c, h, w = shape
+        if self.crop:
+            if h < self.crop or w < self.crop:
+                raise self.error(f"crop_size {self.crop} is larger than the {h}x{w} image",
+                                 "transform_param.crop_size")
+            return c, self.crop, self.crop
+        return c, h, w
+
+    def check(self, shape):
+        """Fail early, naming the layer, where Caffe's CHECKs would."""
+        self.output_shape(shape)
+        c, h, w = shape
+        if self.mean is not None and self.mean.shape != (c, h, w):
+            m = self.mean.shape
+            raise self.error(f"mean_file {self.mean_file} is {m[0]}x{m[1]}x{m[2]} but the "
+                             f"images are {c}x{h}x{w} (C x H x W); compute the mean from the "
+                             "same data", "transform_param.mean_file")
+        if self.mean_values is not None and len(self.mean_values) not in (1, c):
+            raise self.error(f"{len(self.mean_values)} mean_value(s) for {c}-channel images: "
+                             "give one, or one per channel", "transform_param.mean_value")
+
+    # ------------------------------------------------------------ decoding
+    def datum_image(self, datum: caffe_pb2.Datum) -> np.ndarray:
+        """A Datum's pixels as C x H x W (uint8, or float32 for float_data), decoding an
+        encoded one as Caffe does (force_color / force_gray, else the file's own channels)."""
+        if datum.encoded:
+            return cvimage.decode(datum.data, self.flag).transpose(2, 0, 1)
+        shape = (datum.channels, datum.height, datum.width)
+        if len(datum.data):
+            if len(datum.data) != shape[0] * shape[1] * shape[2]:
+                raise ValueError(f"Datum holds {len(datum.data)} bytes for a "
+                                 f"{shape[0]}x{shape[1]}x{shape[2]} image")
+            return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+        return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+
+    # ------------------------------------------------------------ the transform
+    def transform(self, img: np.ndarray, draws, out: np.ndarray) -> None:
+        """Write the transformed C x H x W ``img`` into ``out`` (float32, C x h x w)."""
+        c, h, w = img.shape
+        self.check(img.shape)
+        mirror_draw, h_draw, w_draw = draws
+        h0 = w0 = 0
+        if self.crop:
+            if self.train:
+                h0 = h_draw % (h - self.crop + 1)
+                w0 = w_draw % (w - self.crop + 1)
+            else:
+                h0, w0 = (h - self.crop) // 2, (w - self.crop) // 2
+            img = img[:, h0:h0 + self.crop, w0:w0 + self.crop]
+        dst = out[:, :, ::-1] if (mirror_draw is not None and mirror_draw % 2) else out
+        if self.mean is not None:
+            mean = self.mean[:, h0:h0 + img.shape[1], w0:w0 + img.shape[2]]
+            np.subtract(img, mean, out=dst, dtype=np.float32)
+        elif self.mean_values is not None:
+            mv = self.mean_values if len(self.mean_values) == c else \
+                np.repeat(self.mean_values, c)
+            np.subtract(img, mv[:, None, None], out=dst, dtype=np.float32)
+        else:
+            dst[...] = img
+        if self.scale != 1:
+            np.multiply(out, self.scale, out=out)

@@ -1,0 +1,418 @@
+"""Caffe's command-line tool as ``deepselfie train | test | time``, with the caffe tool's flags
+(single-dash spellings too: ``deepselfie train -solver s.prototxt -weights w.caffemodel``):
+
+    deepselfie train --solver S [--weights W1,W2 | --snapshot X.solverstate] [--gpu 0|0,1|all]
+                     [--backend torch|caffe] [--fast] [--sigint_effect E] [--sighup_effect E]
+    deepselfie test  --model M --weights W [--iterations 50] [--gpu 0]
+    deepselfie time  --model M [--iterations 50] [--gpu 0]
+
+``train`` logs like ``caffe train`` (glog lines that Caffe's log parsers read) to stderr and to
+``<snapshot_prefix>_train.log``, and writes ``<snapshot_prefix>_metrics.jsonl`` and
+``<snapshot_prefix>_curve.png`` as it goes. Several GPUs (``--gpu 0,1``) run one process per GPU
+(batch_size per GPU, gradients averaged, as Caffe); under torchrun each process takes its share.
+
+This module stays light (the CLI imports it for --help); torch comes in when a command runs.
+The entry points ``train``, ``test`` and ``time_model`` are what the CLI and scripts call.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from deepselfie.console import summary
+from deepselfie.errors import UserError
+
+EFFECTS = ("stop", "snapshot", "none")
+
+
+def _flag(parser, name, **kw):
+    """An option spelled both ways: Caffe's ``-name`` and the usual ``--name``."""
+    parser.add_argument(f"-{name}", f"--{name}", dest=name, **kw)
+
+
+def register(subparsers, common):
+    t = subparsers.add_parser(
+        "train", parents=[common], help="train a net from a Caffe solver prototxt (caffe train)",
+        description="Train as `caffe train` does: the solver prototxt drives everything; paths "
+                    "in it are relative to the working directory. Snapshots, the log, the "
+                    "metrics (JSON lines) and the training-curve PNG go beside snapshot_prefix.")
+    _flag(t, "solver", required=True, metavar="SOLVER.prototxt", help="the solver definition")
+    _flag(t, "weights", metavar="W1[,W2...]",
+          help="fine-tune from these .caffemodel files (layers matched by name)")
+    _flag(t, "snapshot", metavar="X.solverstate", help="resume training from a solver state")
+    _device_flags(t)
+    _flag(t, "backend", choices=("torch", "caffe"), default=None,
+          help="torch (this runtime) or caffe (real pycaffe); default: runtime.backend")
+    _flag(t, "sigint_effect", choices=EFFECTS, default=None,
+          help="on SIGINT (Ctrl-C): stop (then snapshot_after_train writes a snapshot), snapshot "
+               "and go on, or none; default: train.sigint_effect (stop)")
+    _flag(t, "sighup_effect", choices=EFFECTS, default=None,
+          help="on SIGHUP; default: train.sighup_effect (snapshot)")
+    t.set_defaults(func=run_train)
+
+    s = subparsers.add_parser(
+        "test", parents=[common], help="score a trained net on its TEST phase (caffe test)",
+        description="Run the TEST phase of a net for N batches and print each output averaged "
+                    "over them, as `caffe test` does.")
+    _flag(s, "model", required=True, metavar="NET.prototxt", help="the net definition")
+    _flag(s, "weights", required=True, metavar="W1[,W2...]", help="the trained .caffemodel")
+    _flag(s, "iterations", type=int, default=50, metavar="N", help="batches to run (50)")
+    _device_flags(s)
+    s.set_defaults(func=run_test)
+
+    m = subparsers.add_parser(
+        "time", parents=[common], help="time a net's layers forward and backward (caffe time)",
+        description="Run forward and backward passes of a net (TRAIN phase) and print each "
+                    "layer's average forward and backward time, as `caffe time` does.")
+    _flag(m, "model", required=True, metavar="NET.prototxt", help="the net definition")
+    _flag(m, "iterations", type=int, default=50, metavar="N", help="passes to time (50)")
+    _device_flags(m)
+    m.set_defaults(func=run_time)
+
+
+def _device_flags(p):
+    _flag(p, "gpu", metavar="0|0,1|all", default=None,
+          help="GPU ids, or all (falls back to the CPU with a warning when CUDA is missing); "
+               "default: the solver's solver_mode, else runtime.device")
+    _flag(p, "fast", action="store_true", default=None,
+          help="bf16 autocast and channels_last (faster, not bit-exact); default: runtime.fast")
+    _flag(p, "level", type=int, default=0, help="the net state's level (0)")
+    _flag(p, "stage", default="", metavar="S1,S2", help="the net state's stages")
+
+
+# ---------------------------------------------------------------- CLI glue
+
+def run_train(args, cfg):
+    _apply_threads(cfg)
+    result = train(
+        args.solver, weights=args.weights, snapshot=args.snapshot, gpu=args.gpu,
+        backend=args.backend or cfg.runtime.backend,
+        fast=cfg.runtime.fast if args.fast is None else args.fast,
+        sigint_effect=args.sigint_effect or cfg.train.sigint_effect,
+        sighup_effect=args.sighup_effect or cfg.train.sighup_effect,
+        level=args.level, stages=_stages(args.stage), default_device=cfg.runtime.device,
+        metrics=cfg.train.metrics, curve_interval_s=cfg.train.curve_interval_s,
+        relaunch_argv=_relaunch_argv(args))
+    return result if isinstance(result, int) else 0
+
+
+def run_test(args, cfg):
+    _apply_threads(cfg)
+    test(args.model, args.weights, args.iterations, gpu=args.gpu,
+         fast=cfg.runtime.fast if args.fast is None else args.fast, level=args.level,
+         stages=_stages(args.stage), default_device=cfg.runtime.device)
+    return 0
+
+
+def run_time(args, cfg):
+    _apply_threads(cfg)
+    time_model(args.model, args.iterations, gpu=args.gpu,
+               fast=cfg.runtime.fast if args.fast is None else args.fast, level=args.level,
+               stages=_stages(args.stage), default_device=cfg.runtime.device)
+    return 0
+
+
+def _apply_threads(cfg):
+    if cfg.runtime.threads > 0:
+        import torch
+        torch.set_num_threads(cfg.runtime.threads)
+
+
+def _stages(text):
+    return [s for s in (text or "").split(",") if s]
+
+
+def _relaunch_argv(args) -> list:
+    """This train command again, for the per-GPU processes."""
+    argv = ["-m", "deepselfie"]
+    if args.config:
+        argv += ["--config", args.config]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    for item in args.overrides:
+        argv += ["--set", item]
+    argv += ["-v"] * args.verbose + (["-q"] if args.quiet else [])
+    argv += ["train", "--solver", args.solver]
+    for name in ("weights", "snapshot", "gpu", "backend", "sigint_effect", "sighup_effect"):
+        value = getattr(args, name)
+        if value is not None:
+            argv += [f"--{name}", str(value)]
+    if args.fast:
+        argv.append("--fast")
+    argv += ["--level", str(args.level)]
+    if args.stage:
+        argv += ["--stage", args.stage]
+    return argv
+
+
+# ---------------------------------------------------------------- devices
+
+def parse_gpus(spec) -> list[int]:
+    """``--gpu``: "" -> [], "0,1" -> [0, 1], "all" -> every visible CUDA device."""
+    if spec is None or spec == "":
+        return []
+    if isinstance(spec, int):
+        spec = str(spec)
+    elif isinstance(spec, (list, tuple)):
+        spec = ",".join(map(str, spec))
+    if spec == "all":
+        import torch
+        return list(range(torch.cuda.device_count())) or [0]   # none: GPU 0, then the warning
+    try:
+        gpus = [int(x) for x in str(spec).split(",")]
+    except ValueError:
+        raise UserError(f"must be GPU ids like 0 or 0,1, or all; not {spec!r}",
+                        field="--gpu") from None
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise UserError(f"GPU ids must be distinct and non-negative, not {spec!r}",
+                        field="--gpu")
+    return gpus
+
+
+def pick_device(gpus: list[int], default_device: str = "auto"):
+    """The device for this process: its GPU when GPUs are asked for and CUDA is there (one
+    process per GPU under several processes), the CPU with a warning when CUDA is missing;
+    without GPUs, ``default_device`` (auto, cpu, cuda, cuda:N)."""
+    import torch
+
+    from models.caffe import glog, parallel, state
+    if gpus:
+        if not torch.cuda.is_available():
+            glog.warning("caffe.cpp:196", f"GPU {','.join(map(str, gpus))} asked for but CUDA "
+                                          "is not available: running on the CPU")
+            return torch.device("cpu")
+        index = gpus[parallel.local_rank() % len(gpus)] if parallel.launched() else gpus[0]
+        if index >= torch.cuda.device_count():
+            raise UserError(f"GPU {index} does not exist ({torch.cuda.device_count()} visible)",
+                            field="--gpu")
+        return torch.device("cuda", index)
+    dev = state.resolve_device(default_device)
+    if dev.type == "cuda" and parallel.launched():
+        return torch.device("cuda", parallel.local_rank())
+    return dev
+
+
+def _log_device(device, gpus):
+    from models.caffe import glog
+    if device.type == "cuda":
+        import torch
+        ids = gpus or [device.index or 0]
+        glog.info("caffe.cpp:205", f"Using GPUs {', '.join(map(str, ids))}")
+        glog.info("caffe.cpp:210", f"GPU {device.index or 0}: "
+                                   f"{torch.cuda.get_device_name(device)}")
+    else:
+        glog.info("caffe.cpp:197", "Use CPU.")
+
+
+# ---------------------------------------------------------------- train
+
+def train(solver_path, *, weights=None, snapshot=None, gpu=None, backend="torch", fast=False,
+          sigint_effect="stop", sighup_effect="snapshot", level=0, stages=(),
+          default_device="auto", metrics=True, curve_interval_s=10.0, relaunch_argv=None):
+    """Train from a solver prototxt as ``caffe train`` does; returns the solver (or, when it ran
+    one process per GPU, their exit code)."""
+    from models.caffe import parallel
+    from models.caffe.signals import check_effect
+    check_effect(sigint_effect, "--sigint_effect")
+    check_effect(sighup_effect, "--sighup_effect")
+    if snapshot and weights:
+        raise UserError("give --snapshot to resume training or --weights to fine-tune, not both",
+                        field="--snapshot/--weights")
+    gpus = parse_gpus(gpu)
+    if backend == "caffe":
+        return _train_with_pycaffe(solver_path, weights, snapshot, gpus)
+    if backend != "torch":
+        raise UserError(f"must be torch or caffe, not {backend!r}", field="--backend")
+
+    from models.caffe.sgd_solvers import read_solver_param
+    param = read_solver_param(solver_path)
+    if not gpus and gpu is None and param.HasField("solver_mode") and param.solver_mode == 1:
+        gpus = [param.device_id]            # solver_mode: GPU, as the caffe tool reads it
+    if len(gpus) > 1 and not parallel.launched():
+        import torch
+        if torch.cuda.is_available() and relaunch_argv:
+            return parallel.launch(len(gpus), relaunch_argv)
+    return _train_torch(solver_path, param, weights, snapshot, gpus, fast, sigint_effect,
+                        sighup_effect, level, stages, default_device, metrics, curve_interval_s,
+                        explicit_cpu=param.HasField("solver_mode") and param.solver_mode == 0
+                        and gpu is None)
+
+
+def _train_torch(solver_path, param, weights, snapshot, gpus, fast, sigint_effect,
+                 sighup_effect, level, stages, default_device, metrics, curve_interval_s,
+                 explicit_cpu):
+    import torch
+
+    from models.caffe import glog, parallel
+    from models.caffe.metrics import TrainingMonitor
+    from models.caffe.sgd_solvers import solver_class
+    from models.caffe.signals import SignalHandler
+
+    root = parallel.rank() == 0
+    prefix = param.snapshot_prefix
+    log_file = None
+    if root:
+        glog.stderr()
+        log_path = pathlib.Path(f"{prefix}_train.log")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(log_path, "a", encoding="utf-8")
+        glog.add_stream(log_file)
+    monitor = None
+    try:
+        device = torch.device("cpu") if explicit_cpu else pick_device(gpus, default_device)
+        if len(gpus) > 1 and not parallel.launched() and device.type == "cpu":
+            glog.warning("caffe.cpp:196", f"{len(gpus)} GPUs asked for without CUDA: one CPU "
+                                          "process trains (batch_size is per GPU in Caffe)")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        parallel.init(device)
+        _log_device(device, gpus)
+        param.train_state.level = level
+        param.train_state.stage.extend(stages)
+        if snapshot:
+            del param.weights[:]
+        elif weights:
+            del param.weights[:]
+            param.weights.append(weights)
+        solver = solver_class(param, solver_path)(param, source=str(solver_path),
+                                                  device=device, fast=fast)
+        with SignalHandler(sigint_effect, sighup_effect) as signals:
+            solver.set_action_function(signals.requested_action)
+            if snapshot:
+                glog.info("caffe.cpp:246", f"Resuming from {snapshot}")
+                solver.restore(snapshot)
+            if root and metrics:
+                monitor = TrainingMonitor(f"{prefix}_metrics.jsonl", f"{prefix}_curve.png",
+                                          start_iter=solver.iter,
+                                          min_interval_s=curve_interval_s)
+                solver.add_listener(monitor)
+            start = solver.iter
+            glog.info("caffe.cpp:251", "Starting Optimization")
+            solver.solve()
+            glog.info("caffe.cpp:262", "Optimization Done.")
+        if root:
+            how = "stopped early" if solver.requested_early_exit else "done"
+            summary("train", f"{how} at iteration {solver.iter} (from {start}); snapshots and "
+                             f"log at {prefix}_*")
+        return solver
+    finally:
+        if monitor is not None:
+            monitor.close()
+        if log_file is not None:
+            glog.remove_stream(log_file)
+            log_file.close()
+        if root:
+            glog.remove_stream(sys.stderr)
+        parallel.finish()
+
+
+def _train_with_pycaffe(solver_path, weights, snapshot, gpus):
+    """The same job on real Caffe (pycaffe), where it is importable."""
+    try:
+        import caffe  # noqa: F401  (real pycaffe; the PyPI 'caffe' placeholder has no Solver)
+        if not hasattr(caffe, "get_solver"):
+            raise ImportError
+    except ImportError:
+        raise UserError("real pycaffe is not importable here; use --backend torch",
+                        field="--backend") from None
+    if not pathlib.Path(solver_path).exists():
+        raise UserError("file not found", path=solver_path)
+    if gpus:
+        caffe.set_mode_gpu()
+        caffe.set_device(gpus[0])
+    else:
+        caffe.set_mode_cpu()
+    solver = caffe.get_solver(str(solver_path))
+    for w in (weights or "").split(","):
+        if w:
+            solver.net.copy_from(w)
+    if snapshot:
+        solver.solve(str(snapshot))
+    else:
+        solver.solve()
+    summary("train", f"done at iteration {solver.iter} (pycaffe)")
+    return solver
+
+
+# ---------------------------------------------------------------- test and time
+
+def _open_net(model, phase, gpu, fast, level, stages, default_device):
+    import torch
+
+    from models.caffe import glog
+    from models.caffe.net import Net
+    glog.stderr()
+    gpus = parse_gpus(gpu)
+    device = pick_device(gpus[:1], default_device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    _log_device(device, gpus[:1])
+    return Net(model, phase, level=level, stages=list(stages), device=device, fast=fast)
+
+
+def test(model, weights, iterations=50, *, gpu=None, fast=False, level=0, stages=(),
+         default_device="auto") -> dict:
+    """Score a net's TEST phase over ``iterations`` batches (``caffe test``); returns each
+    output's mean."""
+    import numpy as np
+    import torch
+
+    from models.caffe import glog
+    from models.caffe.net import TEST
+    from models.caffe.solver import _g, load_weights
+    if iterations < 1:
+        raise UserError("must be at least 1", field="--iterations")
+    try:
+        net = _open_net(model, TEST, gpu, fast, level, stages, default_device)
+        load_weights(net, weights)
+        glog.info("caffe.cpp:290", f"Running for {iterations} iterations.")
+        totals, loss = {}, 0.0
+        with torch.no_grad():
+            for i in range(iterations):
+                loss += net.forward_range(0, len(net.layers) - 1)
+                for name in net.outputs:
+                    values = np.array(net.blobs[name].data, dtype=np.float32).ravel()
+                    for v in values:
+                        glog.info("caffe.cpp:313", f"Batch {i}, {name} = {_g(v)}")
+                    totals[name] = totals.get(name, 0) + values
+        loss /= iterations
+        glog.info("caffe.cpp:318", f"Loss: {_g(loss)}")
+        weights_of = net.blob_loss_weights
+        means = {}
+        for name, total in totals.items():
+            mean = total / np.float32(iterations)
+            w = np.float32(weights_of[name])
+            for v in mean:
+                extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
+                glog.info("caffe.cpp:330", f"{name} = {_g(v)}{extra}")
+            means[name] = float(mean[0]) if mean.size == 1 else mean.tolist()
+        summary("test", f"{iterations} batches: " + ", ".join(
+            f"{k} = {_g(v) if isinstance(v, float) else v}" for k, v in means.items()))
+        return means
+    finally:
+        glog.remove_stream(sys.stderr)
+
+
+def time_model(model, iterations=50, *, gpu=None, fast=False, level=0, stages=(),
+               default_device="auto") -> dict:
+    """Per-layer forward/backward times of a net's TRAIN phase (``caffe time``)."""
+    from models.caffe import glog
+    from models.caffe.net import TRAIN
+    from models.caffe.solver import _g
+    from models.caffe.timing import time_net
+    if iterations < 1:
+        raise UserError("must be at least 1", field="--iterations")
+    try:
+        net = _open_net(model, TRAIN, gpu, fast, level, stages, default_device)
+        glog.info("caffe.cpp:360", "Performing Forward")
+        loss = net.forward_range(0, len(net.layers) - 1)
+        glog.info("caffe.cpp:363", f"Initial loss: {_g(loss)}")
+        glog.info("caffe.cpp:364", "Performing Backward")
+        net.backward()
+        result = time_net(net, iterations)
+        summary("time", f"{iterations} iterations: forward {result['forward_ms']:.3g} ms, "
+                        f"backward {result['backward_ms']:.3g} ms, forward-backward "
+                        f"{result['forward_backward_ms']:.3g} ms per iteration")
+        return result
+    finally:
+        glog.remove_stream(sys.stderr)

@@ -1,0 +1,212 @@
+"""``deepselfie faces``: mark every downloaded image in the catalog with its faces.
+
+    deepselfie faces                    scan the images not scanned yet (--rescan: all of them)
+    deepselfie faces --image P --json   the faces of one photo, as JSON on stdout
+    deepselfie faces --image P --draw OUT.png
+    deepselfie faces --fetch-weights    download and convert the MTCNN weights, then stop
+
+Each image gets a ``face_scans`` row (face count, the largest face's share of the image, the
+detector's settings) and one ``faces`` row per face (box, score, landmarks), written batch by
+batch in transactions: an interrupted run keeps what it finished and the next run goes on from
+there. Coordinates are pixels of the full-size image as displayed.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from deepselfie.console import get_logger, progress, summary
+from deepselfie.errors import UserError
+
+log = get_logger("faces")
+
+
+def register(subparsers, common):
+    p = subparsers.add_parser(
+        "faces", parents=[common], help="find the faces in downloaded images (MTCNN)",
+        description="Mark every downloaded image in the catalog with its faces (MTCNN's "
+                    "P-Net, R-Net and O-Net run as Caffe nets), or look at one photo.")
+    p.add_argument("--rescan", action="store_true",
+                   help="scan images that were scanned before, too")
+    p.add_argument("--image", metavar="PATH", help="detect faces in this one photo instead")
+    p.add_argument("--json", action="store_true",
+                   help="with --image: print {\"faces\": [{box, score, landmarks}, ...]}")
+    p.add_argument("--draw", metavar="OUT.png", help="with --image: write the photo with boxes")
+    p.add_argument("--fetch-weights", action="store_true",
+                   help="download and convert the MTCNN weights, then stop")
+    p.set_defaults(func=run)
+
+
+def run(args, cfg) -> int:
+    if (args.json or args.draw) and not args.image:
+        raise UserError("goes with --image PATH", field="--json" if args.json else "--draw")
+    detector_settings(cfg)          # a bad faces.* value is reported before any work
+    if args.fetch_weights:
+        folder = fetch_weights(cfg)
+        summary("faces", f"MTCNN weights ready in {folder}")
+        return 0
+    if args.image:
+        return detect_one(cfg, args.image, as_json=args.json, draw=args.draw)
+    scan(cfg, rescan=args.rescan)
+    return 0
+
+
+# ---------------------------------------------------------------- the detector from config
+
+def fetch_weights(cfg):
+    from .convert import ensure_weights
+    return ensure_weights(cfg.models_dir, wheel=cfg.faces.wheel, index_url=cfg.faces.index_url,
+                          log=log)
+
+
+def detector_settings(cfg) -> dict:
+    """The faces section, checked; a UserError names the bad key."""
+    f = cfg.faces
+
+    def bad(key, what):
+        return UserError(what, field=f"faces.{key}")
+    th = f.thresholds
+    if len(th) != 3 or not all(0 <= t <= 1 for t in th):
+        raise bad("thresholds", f"must be three scores between 0 and 1, not {th}")
+    if f.min_face_size < 1:
+        raise bad("min_face_size", f"must be at least 1 pixel, not {f.min_face_size}")
+    if not 0 < f.scale_factor < 1:
+        raise bad("scale_factor", f"must be between 0 and 1, not {f.scale_factor}")
+    if f.max_side != 0 and f.max_side < 12:
+        raise bad("max_side", f"must be 0 (no limit) or at least 12, not {f.max_side}")
+    if f.batch_size < 1:
+        raise bad("batch_size", f"must be at least 1, not {f.batch_size}")
+    return dict(min_face_size=f.min_face_size, scale_factor=f.scale_factor,
+                thresholds=tuple(th), max_side=f.max_side)
+
+
+def detector_name(settings: dict) -> str:
+    from .convert import PACKAGE, VERSION
+    th = ",".join(f"{t:g}" for t in settings["thresholds"])
+    return (f"mtcnn {PACKAGE}-{VERSION} min_face={settings['min_face_size']} "
+            f"factor={settings['scale_factor']:g} thresholds={th} "
+            f"max_side={settings['max_side']}")
+
+
+def load_detector(cfg):
+    """A FaceDetector as config says (device, fast mode, threads), weights fetched if needed."""
+    import torch
+
+    from models.caffe.state import resolve_device
+
+    from .detect import FaceDetector
+    settings = detector_settings(cfg)
+    if cfg.runtime.threads > 0:
+        torch.set_num_threads(cfg.runtime.threads)
+    if cfg.runtime.backend != "torch":
+        log.warning("runtime.backend %s: the face nets run on the torch engine",
+                    cfg.runtime.backend)
+    folder = fetch_weights(cfg)
+    device = resolve_device(cfg.runtime.device)
+    return FaceDetector(folder, device=device, fast=cfg.runtime.fast, **settings), settings
+
+
+# ---------------------------------------------------------------- one photo
+
+def detect_one(cfg, path, *, as_json=False, draw=None) -> int:
+    from .draw import check_out_path, draw_faces
+    from .image import load_rgb
+    if draw:
+        check_out_path(draw)
+    rgb, _ = load_rgb(path)
+    detector, _ = load_detector(cfg)
+    faces = detector.detect([rgb])[0]
+    if draw:
+        draw_faces(rgb, faces, draw)
+        log.info("wrote %s", draw)
+    if as_json:
+        print(json.dumps({"faces": [f.to_json() for f in faces]}))
+        return 0
+    for f in faces:
+        x1, y1, x2, y2 = f.box
+        print(f"  face {x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}  score {f.score:.4f}")
+    summary("faces", f"{len(faces)} face{'s' if len(faces) != 1 else ''} in {path}")
+    return 0
+
+
+# ---------------------------------------------------------------- the catalog
+
+def scan(cfg, *, rescan: bool = False) -> dict:
+    """The stage: detect faces in every catalog image not scanned yet (all with ``rescan``),
+    record them, print the summary line; returns the summary as a dict."""
+    from scrape.catalog import Catalog
+    with Catalog(cfg.catalog_path, create=False) as cat:
+        total = cat.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        todo = cat.execute(
+            """SELECT i.sha256, i.path FROM images i
+               LEFT JOIN face_scans s ON s.sha256 = i.sha256
+               WHERE ? OR s.sha256 IS NULL ORDER BY i.sha256""", (int(rescan),)).fetchall()
+        result = {"images": total, "already_scanned": total - len(todo), "scanned": 0,
+                  "with_faces": 0, "faces": 0, "unreadable": 0}
+        if not todo:
+            summary("faces", "nothing to do: " + (
+                f"all {total} images are scanned (--rescan to scan them again)" if total else
+                "the catalog has no downloaded images yet (run `deepselfie scrape`)"))
+            return result
+        detector, settings = load_detector(cfg)
+        name = detector_name(settings)
+        run_id = cat.start_run("faces", {"rescan": rescan, "detector": name})
+        started = time.monotonic()
+        status = "failed"
+        try:
+            with progress(total=len(todo), desc="faces", unit="img") as bar:
+                for i in range(0, len(todo), cfg.faces.batch_size):
+                    batch = todo[i:i + cfg.faces.batch_size]
+                    _scan_batch(cat, cfg, detector, name, batch, result)
+                    bar.update(len(batch))
+            status = "done"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            result["seconds"] = round(time.monotonic() - started, 2)
+            cat.finish_run(run_id, result, status)
+    rate = result["scanned"] / max(result["seconds"], 1e-9)
+    summary("faces", f"scanned {result['scanned']} images in {result['seconds']:.1f} s "
+                     f"({rate:.1f}/s): {result['with_faces']} with faces "
+                     f"({result['faces']} faces), {result['scanned'] - result['with_faces']} "
+                     f"without, {result['unreadable']} unreadable; "
+                     f"{result['already_scanned']} scanned before")
+    return result
+
+
+def _scan_batch(cat, cfg, detector, name, batch, result):
+    from scrape.catalog import utcnow
+
+    from .image import load_rgb
+    loaded = []
+    for row in batch:
+        try:
+            rgb, scale = load_rgb(cfg.data_dir / row["path"], at_least=detector.max_side)
+        except UserError as e:
+            log.warning("skipping %s: %s", row["sha256"][:12], e)
+            result["unreadable"] += 1
+            continue
+        loaded.append((row["sha256"], rgb, scale))
+    if not loaded:
+        return
+    found = detector.detect([rgb for _, rgb, _ in loaded])
+    now = utcnow()
+    with cat.transaction():
+        for (sha, rgb, (sx, sy)), faces in zip(loaded, found):
+            faces = [f.scaled(sx, sy) for f in faces]
+            area = rgb.shape[0] * sy * rgb.shape[1] * sx
+            share = max((f.area for f in faces), default=0.0) / area
+            cat.execute("DELETE FROM faces WHERE sha256 = ?", (sha,))
+            for idx, f in enumerate(faces):
+                cat.execute(
+                    "INSERT INTO faces (sha256, idx, x1, y1, x2, y2, score, landmarks) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (sha, idx, *(round(v, 2) for v in f.box), float(f.score),
+                     json.dumps(f.to_json()["landmarks"])))
+            cat.execute(
+                "INSERT OR REPLACE INTO face_scans (sha256, n_faces, largest_share, detector, "
+                "scanned_at) VALUES (?, ?, ?, ?, ?)", (sha, len(faces), share, name, now))
+            result["scanned"] += 1
+            result["faces"] += len(faces)
+            result["with_faces"] += bool(faces)

@@ -1,0 +1,347 @@
+"""Score images with a trained deploy net: the probability of "good".
+
+    from models.score import Scorer
+    scorer = Scorer("prototxt/selfie_vgg16_deploy.prototxt", "snap_iter_1000.caffemodel",
+                    mean="data/labels/mean.binaryproto")
+    results, failed = scorer.score_paths(paths)       # [(path, score)], [(path, reason)]
+
+Preprocessing is the training net's: BGR, mean subtracted (per channel), then
+  squash       resize the whole image to the net's input (the article's bot did this)
+  crop         squash to the training resize (256) and take the center crop (as TEST saw val)
+  oversample   squash to 256 and average over ten crops (corners, center, mirrors), as
+               pycaffe's Classifier does
+Decoding runs in a thread pool ahead of the net, so the net does not wait for images.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import os
+import pathlib
+import threading
+
+import numpy as np
+
+from deepselfie.console import get_logger, progress
+from deepselfie.errors import UserError
+
+log = get_logger("score")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+RESIZE_MODES = ("squash", "crop", "oversample")
+
+
+class UnreadableImage(Exception):
+    pass
+
+
+class ImageTooLarge(UnreadableImage):
+    """More pixels than the caller allows (checked from the header, before decoding)."""
+
+
+def list_images(root, exclude=None) -> list[pathlib.Path]:
+    """Every file under root (recursively, sorted); a single file is its own list. Files under
+    ``exclude`` (a stage's own output folder inside root) are left out."""
+    root = pathlib.Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise UserError("no such file or folder", path=root)
+    skip = pathlib.Path(exclude).resolve() if exclude is not None else None
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and not (skip is not None and skip in p.resolve().parents))
+
+
+def load_bgr(path, max_pixels=None, min_side=None) -> np.ndarray:
+    """An image (a path or a binary file object) as H x W x 3 uint8 BGR; transparency is
+    composited on white. Raises UnreadableImage with the reason; ImageTooLarge when the header
+    says more than ``max_pixels`` (nothing is decoded then). With ``min_side``, a large JPEG is
+    decoded at a reduced scale (1/2, 1/4 or 1/8, DCT scaling) that keeps both sides at least
+    that long: much faster when the net needs far fewer pixels than the photo has."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if max_pixels and w * h > max_pixels:
+                raise ImageTooLarge(f"the image is {w} x {h} = {w * h:,} pixels; the limit is "
+                                    f"{int(max_pixels):,}")
+            if min_side and im.format == "JPEG":
+                im.draft("RGB", (int(min_side), int(min_side)))
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, rgba)
+            rgb = np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UnreadableImage(f"unreadable image ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(str(e)) from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of an H x W x 3 uint8 image (PIL, antialiased when shrinking)."""
+    from PIL import Image
+    if img.shape[:2] == (h, w):
+        return img
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+
+
+def read_mean(spec) -> np.ndarray:
+    """A mean as 3 BGR values: from a .binaryproto (averaged per channel), a .json of BGR values
+    (as the label stage writes), or "B,G,R"."""
+    if spec is None:
+        raise UserError("no mean given: pass --mean (the label run's mean.binaryproto) or "
+                        "set score.mean", path="--mean")
+    if isinstance(spec, (list, tuple, np.ndarray)):
+        values = np.asarray(spec, dtype=np.float32)
+    elif isinstance(spec, str) and "," in spec and not os.path.exists(spec):
+        try:
+            values = np.asarray([float(v) for v in spec.split(",")], dtype=np.float32)
+        except ValueError:
+            raise UserError("expected B,G,R numbers or a file", path="--mean",
+                            field=spec) from None
+    else:
+        p = pathlib.Path(spec)
+        if p.suffix == ".json":
+            import json
+            try:
+                data = json.loads(p.read_text())
+            except FileNotFoundError:
+                raise UserError("file not found", path=p) from None
+            except ValueError as e:
+                raise UserError(f"not JSON ({e})", path=p) from None
+            values = np.asarray(data.get("bgr", data) if isinstance(data, dict) else data,
+                                dtype=np.float32)
+        else:
+            from .caffe.protoio import read_blobproto
+            arr = read_blobproto(p)
+            arr = arr.reshape(arr.shape[-3:]) if arr.ndim >= 3 else arr
+            values = arr.reshape(arr.shape[0], -1).mean(axis=1)
+    if values.shape != (3,):
+        raise UserError(f"the mean needs 3 values (B, G, R), got {values.size}", path=str(spec))
+    return values.astype(np.float32)
+
+
+@dataclasses.dataclass
+class Preprocess:
+    """How an image becomes net input: 3 x H x W float32, BGR, mean-subtracted, scaled."""
+
+    height: int
+    width: int
+    mean: np.ndarray
+    resize: str = "squash"
+    base: int | None = None        # the training resize (crop/oversample); default 256/224
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise UserError(f"must be one of {', '.join(RESIZE_MODES)}", path="--resize",
+                            field=self.resize)
+        if self.base is None:
+            self.base = max(self.height, self.width) * 256 // 224
+
+    @property
+    def needed_side(self) -> int:
+        """The longest side the preprocessing resizes an image to."""
+        return max(self.height, self.width, 0 if self.resize == "squash" else self.base)
+
+    @property
+    def crops(self) -> int:
+        return 10 if self.resize == "oversample" else 1
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 BGR -> crops x 3 x H x W float32."""
+        h, w = self.height, self.width
+        if self.resize == "squash":
+            views = [resize(img, h, w)]
+        else:
+            big = resize(img, max(self.base, h), max(self.base, w))
+            bh, bw = big.shape[:2]
+            y, x = (bh - h) // 2, (bw - w) // 2
+            if self.resize == "crop":
+                views = [big[y:y + h, x:x + w]]
+            else:
+                starts = [(0, 0), (0, bw - w), (bh - h, 0), (bh - h, bw - w), (y, x)]
+                five = [big[a:a + h, b:b + w] for a, b in starts]
+                views = five + [v[:, ::-1] for v in five]
+        arr = np.stack(views).astype(np.float32)               # k, H, W, 3
+        arr -= self.mean
+        if self.scale != 1.0:
+            arr *= self.scale
+        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+
+
+class Scorer:
+    """A deploy net loaded once, scoring images in batches. ``good_class`` is the softmax index of
+    "good" (label 1 in the label stage)."""
+
+    def __init__(self, deploy, weights, *, mean=None, resize="squash", base=None, scale=1.0,
+                 batch_size=16, device=None, fast=False, good_class=1, output=None,
+                 workers=None):
+        from . import caffe
+        from .caffe.state import resolve_device
+        self.deploy, self.weights = pathlib.Path(deploy), pathlib.Path(weights)
+        self.net = caffe.Net(str(deploy), str(weights), caffe.TEST,
+                             device=resolve_device(device), fast=fast)
+        if not self.net.inputs:
+            raise UserError("the deploy net has no Input layer", path=deploy)
+        self.input = self.net.inputs[0]
+        shape = self.net.blobs[self.input].shape
+        if len(shape) != 4 or shape[1] != 3:
+            raise UserError(f"input {self.input!r} must be N x 3 x H x W, is {shape}",
+                            path=deploy)
+        self.output = output or self.net.outputs[-1]
+        self.pre = Preprocess(shape[2], shape[3], read_mean(mean), resize, base, scale)
+        self.batch_size = max(1, int(batch_size))
+        self.good_class = good_class
+        self.workers = workers or min(8, (os.cpu_count() or 2))
+        self.failed = []
+        self.lock = threading.Lock()   # one forward at a time: the net's blobs are shared state
+
+    def load(self, path) -> np.ndarray:
+        """An image file as this scorer reads it (BGR, large JPEGs decoded at reduced scale)."""
+        return load_bgr(path, min_side=self.pre.needed_side)
+
+    def _prepare(self, path):
+        try:
+            return self.pre(self.load(path)), None
+        except UnreadableImage as e:
+            return None, str(e)
+
+    def run(self, batch: np.ndarray, blobs=()) -> tuple[np.ndarray, dict]:
+        """One forward of N*crops x 3 x H x W inputs -> (N probabilities of "good", {blob: N x D
+        values}), crops averaged. Thread-safe: forwards are serialized by ``self.lock``."""
+        import torch
+        for blob in blobs:
+            self.check_blob(blob)
+        k = self.pre.crops
+        n = len(batch) // k
+        with self.lock, torch.no_grad():
+            probs = self.net.forward(**{self.input: batch})[self.output]
+            probs = np.array(probs, dtype=np.float32).reshape(n, k, -1)
+            values = {b: np.array(self.net.blobs[b].data, dtype=np.float32).reshape(n, k, -1)
+                      .mean(axis=1) for b in blobs}
+        if probs.shape[-1] <= self.good_class:
+            raise UserError(f"output {self.output!r} has {probs.shape[-1]} values; no class "
+                            f"{self.good_class}", path=self.deploy, field="good_class")
+        return probs.mean(axis=1)[:, self.good_class], values
+
+    def check_blob(self, blob: str):
+        if blob not in self.net.blobs:
+            raise UserError(f"no blob {blob!r} in the net (blobs: "
+                            f"{', '.join(self.net.blobs)})", path=self.deploy, field="--blob")
+
+    def score_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """N*crops x 3 x H x W inputs -> N probabilities of "good" (crops averaged)."""
+        return self.run(batch)[0]
+
+    def features(self, batch: np.ndarray, blob: str) -> np.ndarray:
+        """Run a batch and return one blob's values per image (crops averaged), e.g. fc7."""
+        return self.run(batch, (blob,))[1][blob]
+
+    def score_images(self, images) -> np.ndarray:
+        """H x W x 3 uint8 BGR arrays -> their probabilities of "good", all in one forward."""
+        return self.score_arrays(np.concatenate([self.pre(im) for im in images]))
+
+    def iter_batches(self, paths, show_progress=True, desc="score"):
+        """Decode ahead in threads; yield (paths, inputs) batches. Files that cannot be read
+        are skipped with a warning and listed in ``self.failed``."""
+        failed = self.failed = []
+        bar = progress(total=len(paths), desc=desc, unit="img") \
+            if show_progress else None
+        batch_paths, batch_arrays = [], []
+        with cf.ThreadPoolExecutor(self.workers) as pool:
+            window = max(2 * self.batch_size, self.workers)
+            futures = {}
+            it = iter(paths)
+            for p in it:
+                futures[p] = pool.submit(self._prepare, p)
+                if len(futures) >= window:
+                    break
+            while futures:
+                p = next(iter(futures))
+                arr, err = futures.pop(p).result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    futures[nxt] = pool.submit(self._prepare, nxt)
+                if bar is not None:
+                    bar.update(1)
+                if arr is None:
+                    log.warning("skipped %s: %s", p, err)
+                    failed.append((p, err))
+                    continue
+                batch_paths.append(p)
+                batch_arrays.append(arr)
+                if len(batch_paths) == self.batch_size:
+                    yield batch_paths, np.concatenate(batch_arrays)
+                    batch_paths, batch_arrays = [], []
+        if batch_paths:
+            yield batch_paths, np.concatenate(batch_arrays)
+        if bar is not None:
+            bar.close()
+
+    def score_paths(self, paths, show_progress=True):
+        """-> ([(path, score)] sorted best first, [(path, reason)] for skipped files)."""
+        paths = [pathlib.Path(p) for p in paths]
+        results = []
+        for batch_paths, inputs in self.iter_batches(paths, show_progress):
+            results.extend(zip(batch_paths, self.score_arrays(inputs).tolist()))
+        results.sort(key=lambda r: (-r[1], str(r[0])))
+        return results, list(self.failed)
+
+
+def read_scores(csv_path) -> list[tuple[pathlib.Path, float]]:
+    """The rows of a scores.csv written by ``deepselfie score`` as [(path, score)]. Relative paths
+    are taken from the current folder, or else from the CSV's folder."""
+    import csv
+    csv_path = pathlib.Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"path", "score"} <= set(reader.fieldnames):
+                raise UserError("expected a CSV with columns path,score (from deepselfie score)",
+                                path=csv_path)
+            rows = []
+            for i, row in enumerate(reader, start=2):
+                try:
+                    score = float(row["score"])
+                except (TypeError, ValueError):
+                    raise UserError(f"score {row['score']!r} is not a number", path=csv_path,
+                                    field=f"line {i}") from None
+                p = pathlib.Path(row["path"])
+                if not p.is_absolute() and not p.exists() and (csv_path.parent / p).exists():
+                    p = csv_path.parent / p
+                rows.append((p, score))
+    except FileNotFoundError:
+        raise UserError("file not found", path=csv_path) from None
+    except UnicodeDecodeError:
+        raise UserError("not a text CSV", path=csv_path) from None
+    return rows
+
+
+def write_scores(results, out, *, as_json=False, root=None):
+    """CSV (path,score,rank) or JSON ([{path, score, rank}]), best first; returns the rows."""
+    import csv
+    import json
+    rows = [{"path": str(p), "score": round(float(s), 6), "rank": i + 1}
+            for i, (p, s) in enumerate(results)]
+    if out is None:
+        return rows
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        if as_json:
+            json.dump(rows, f, indent=1)
+            f.write("\n")
+        else:
+            w = csv.DictWriter(f, fieldnames=["path", "score", "rank"])
+            w.writeheader()
+            w.writerows(rows)
+    os.replace(tmp, out)
+    return rows

@@ -1,0 +1,296 @@
+"""``deepselfie serve``: a web page and a JSON API that score one selfie.
+
+    GET  /             the page: drop or pick a photo, see its score, percentile and best crop
+    GET  /api/health   {"status": "ok", "model": ..., "reference": N, limits}
+    POST /api/score    the image as the raw request body, or multipart/form-data (any file
+                       field); ?crop=0 skips the crop search. Answers {"score", "percentile",
+                       "reference", "width", "height", "crop": {"box", "score", "image"}}
+
+The model is loaded once; requests are served on threads (ThreadingHTTPServer) and the net's
+forwards are serialized by the Scorer's lock, so decoding and resizing overlap. Uploads over
+``max_bytes`` get 413, images over ``max_pixels`` and non-images get 400, each with
+{"error": "..."} saying what is wrong.
+"""
+from __future__ import annotations
+
+import base64
+import bisect
+import dataclasses
+import http.server
+import io
+import json
+import pathlib
+import socket
+import threading
+import time
+import urllib.parse
+
+import numpy as np
+
+from deepselfie.console import get_logger
+from deepselfie.errors import UserError
+
+from .crop import CropSearch, cut_box, search_crop
+from .score import ImageTooLarge, UnreadableImage, list_images, load_bgr, read_scores
+
+log = get_logger("serve")
+
+PAGE_FILE = pathlib.Path(__file__).with_name("serve_page.html")
+DRAIN_LIMIT = 256 * 1024 * 1024     # an oversized body is read and dropped up to this, then cut
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass
+class Reference:
+    """The scores that percentiles are taken among, sorted."""
+
+    scores: list[float]
+    source: str = ""
+
+    @classmethod
+    def load(cls, spec, scorer=None) -> "Reference":
+        """From a scores.csv, or a folder scored now with ``scorer``; None = no reference."""
+        if not spec:
+            return cls([], "")
+        p = pathlib.Path(spec)
+        if p.is_file() and p.suffix.lower() == ".csv":
+            scores = [s for _, s in read_scores(p)]
+        elif p.is_dir():
+            log.info("scoring the reference folder %s", p)
+            results, _ = scorer.score_paths(list_images(p))
+            scores = [s for _, s in results]
+        else:
+            raise UserError("expected a scores.csv or a folder of images", path=p,
+                            field="serve.reference")
+        if not scores:
+            raise UserError("no scores in the reference set", path=p, field="serve.reference")
+        return cls(sorted(scores), str(p))
+
+    def percentile(self, score: float) -> float | None:
+        """Percent of the reference below ``score`` (ties count half)."""
+        if not self.scores:
+            return None
+        lo = bisect.bisect_left(self.scores, score)
+        hi = bisect.bisect_right(self.scores, score)
+        return 100.0 * (lo + hi) / 2 / len(self.scores)
+
+
+def parse_multipart(body: bytes, content_type: str) -> bytes:
+    """The first file (or else the first field) of a multipart/form-data body."""
+    params = dict(p.strip().split("=", 1) for p in content_type.split(";")[1:] if "=" in p)
+    boundary = params.get("boundary", "").strip('"')
+    if not boundary:
+        raise ApiError(400, "multipart/form-data without a boundary")
+    first = None
+    for part in body.split(b"--" + boundary.encode("latin-1"))[1:]:
+        if part.startswith(b"--"):
+            break
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        if b"filename=" in head.lower():
+            return content
+        first = content if first is None else first
+    if first is None:
+        raise ApiError(400, "the form has no file in it: send the image as a file field")
+    return first
+
+
+def jpeg_data_url(image_bgr: np.ndarray, max_side: int = 512) -> str:
+    from PIL import Image
+    im = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1]))
+    im.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class App:
+    """What the server answers, apart from HTTP: score an upload, describe itself."""
+
+    def __init__(self, scorer, reference: Reference, search: CropSearch | None = CropSearch(),
+                 max_bytes=20_000_000, max_pixels=50_000_000, concurrent=8):
+        self.scorer, self.reference, self.search = scorer, reference, search
+        self.max_bytes, self.max_pixels = int(max_bytes), int(max_pixels)
+        # Decoded uploads are big (3 bytes a pixel): at most this many are in memory at once.
+        self.slots = threading.BoundedSemaphore(max(1, int(concurrent)))
+
+    def health(self) -> dict:
+        return {"status": "ok", "model": self.scorer.deploy.name,
+                "weights": self.scorer.weights.name, "reference": len(self.reference.scores),
+                "max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
+                "crop": self.search is not None}
+
+    def page(self) -> bytes:
+        text = PAGE_FILE.read_text(encoding="utf-8")
+        return text.replace("__MAX_BYTES__", str(self.max_bytes)).encode("utf-8")
+
+    def score(self, data: bytes, crop: bool = True) -> dict:
+        if not data:
+            raise ApiError(400, "empty upload: send an image")
+        with self.slots:
+            return self._score(data, crop)
+
+    def _score(self, data: bytes, crop: bool) -> dict:
+        try:
+            image = load_bgr(io.BytesIO(data), max_pixels=self.max_pixels)
+        except ImageTooLarge as e:
+            raise ApiError(400, f"image too large: {e}") from None
+        except UnreadableImage as e:
+            raise ApiError(400, f"not an image we can read ({e}); send a JPEG, PNG, GIF, "
+                                f"BMP, TIFF or WebP file") from None
+        h, w = image.shape[:2]
+        result = {"width": w, "height": h}
+        if crop and self.search is not None:
+            found = search_crop(self.scorer, image, self.search)
+            score = found.original_score
+            x, y, cw, ch = found.box
+            result["crop"] = {"box": {"x": x, "y": y, "width": cw, "height": ch},
+                              "score": round(found.score, 6), "uncropped": found.uncropped,
+                              "percentile": self.reference.percentile(found.score),
+                              "image": jpeg_data_url(cut_box(image, found.box))}
+        else:
+            score = float(self.scorer.score_images([image])[0])
+        result.update(score=round(score, 6), percentile=self.reference.percentile(score),
+                      reference=len(self.reference.scores))
+        return result
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "deepselfie"
+    timeout = 60               # seconds a connection may sit idle mid-request before it is cut
+    app: App = None            # set on the subclass that make_server builds
+
+    def log_message(self, fmt, *args):
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def send_json(self, status: int, data: dict, close: bool = False):
+        body = json.dumps(data).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def handle_expect_100(self):
+        """A client that asks before sending a body hears 'too large' before it sends it."""
+        if self._declared_length() > self.app.max_bytes:
+            self.send_json(413, self._too_large(), close=True)
+            return False
+        return super().handle_expect_100()
+
+    def _declared_length(self) -> int:
+        try:
+            return int(self.headers.get("Content-Length", "-1"))
+        except ValueError:
+            return -1
+
+    def _too_large(self):
+        return {"error": f"upload too large: {self._declared_length():,} bytes; the limit is "
+                         f"{self.app.max_bytes:,} bytes"}
+
+    def _drain(self, n: int):
+        """Read and drop a refused body (after answering), so that a client still sending it
+        reads our answer instead of a reset connection."""
+        self.connection.settimeout(10)
+        left = min(n, DRAIN_LIMIT)
+        try:
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except (OSError, socket.timeout):
+            pass
+
+    def do_GET(self):
+        path = urllib.parse.urlsplit(self.path).path
+        if path in ("/", "/index.html"):
+            body = self.app.page()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif path == "/api/health":
+            self.send_json(200, self.app.health())
+        elif path == "/api/score":
+            self.send_json(405, {"error": "POST an image to /api/score"})
+        else:
+            self.send_json(404, {"error": f"no such page: {path}"})
+
+    def do_POST(self):
+        url = urllib.parse.urlsplit(self.path)
+        if url.path != "/api/score":
+            self.send_json(404, {"error": f"no such endpoint: {url.path}"})
+            return
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.send_json(411, {"error": "send a Content-Length (chunked uploads are not "
+                                          "accepted)"}, close=True)
+            return
+        length = self._declared_length()
+        if length < 0:
+            self.send_json(411, {"error": "send a Content-Length with the upload"}, close=True)
+            return
+        if length > self.app.max_bytes:
+            log.info("refused an upload of %d bytes (limit %d)", length, self.app.max_bytes)
+            self.send_json(413, self._too_large(), close=True)
+            self._drain(length)
+            return
+        body = self.rfile.read(length)
+        query = urllib.parse.parse_qs(url.query)
+        crop = query.get("crop", ["1"])[0] not in ("0", "false", "no")
+        started = time.perf_counter()
+        try:
+            ctype = self.headers.get("Content-Type", "")
+            if ctype.lower().startswith("multipart/form-data"):
+                body = parse_multipart(body, ctype)
+            result = self.app.score(body, crop=crop)
+        except ApiError as e:
+            self.send_json(e.status, {"error": str(e)})
+            return
+        except Exception:
+            log.exception("scoring failed")
+            self.send_json(500, {"error": "internal error while scoring (see the server log)"})
+            return
+        result["seconds"] = round(time.perf_counter() - started, 4)
+        self.send_json(200, result)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+
+def make_server(app: App, host="127.0.0.1", port=8000) -> Server:
+    handler = type("AppHandler", (Handler,), {"app": app})
+    try:
+        return Server((host, port), handler)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})",
+                        path="--port") from None
+
+
+def start_in_thread(app: App, host="127.0.0.1", port=0) -> tuple[Server, threading.Thread]:
+    """A running server on a background thread (for tests and notebooks); server.shutdown()
+    stops it."""
+    server = make_server(app, host, port)
+    thread = threading.Thread(target=server.serve_forever, name="deepselfie-serve", daemon=True)
+    thread.start()
+    return server, thread

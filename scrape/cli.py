@@ -1,0 +1,113 @@
+"""``deepselfie scrape`` and ``deepselfie catalog stats|export``."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "scrape", parents=[common], help="collect #selfie posts and their images",
+        description="Collect posts from Mastodon-API hashtag timelines (Mastodon, Pixelfed) or "
+                    "a folder of images into the catalog and the image store. Resumable: "
+                    "stop it any time and run it again.")
+    p.add_argument("--source", choices=("mastodon", "folder"), default=None,
+                   help="where posts come from (default: scrape.source)")
+    p.add_argument("--server", action="append", metavar="URL", dest="servers",
+                   help="a Mastodon-API server, e.g. https://mastodon.social (repeatable; "
+                        "default: scrape.servers)")
+    p.add_argument("--tag", action="append", metavar="TAG", dest="tags",
+                   help="a hashtag without # (repeatable; default: scrape.tags)")
+    p.add_argument("--max-posts", type=int, metavar="N", default=None,
+                   help="stop after N new posts (default: scrape.max_posts; 0 = no limit)")
+    p.add_argument("--concurrency", type=int, metavar="N", default=None,
+                   help="image downloads at the same time (default: scrape.concurrency)")
+    p.add_argument("--folder", metavar="DIR", default=None, help="folder source: the images")
+    p.add_argument("--metadata", metavar="FILE.csv", default=None,
+                   help="folder source: columns file,uri,author,followers,likes,tags,"
+                        "created_at,fetched_at")
+    p.set_defaults(func=run_scrape_command)
+
+    c = subparsers.add_parser("catalog", help="look into the catalog",
+                              description="Counts and an export of the catalog.")
+    csub = c.add_subparsers(title="commands", dest="catalog_command", metavar="COMMAND",
+                            parser_class=type(c))
+    csub.required = True
+    s = csub.add_parser("stats", parents=[common], help="print counts")
+    s.add_argument("--json", action="store_true", help="print the counts as JSON")
+    s.set_defaults(func=run_stats)
+    e = csub.add_parser("export", parents=[common], help="write one JSON line per post")
+    e.add_argument("-o", "--output", metavar="FILE", default=None,
+                   help="write here (atomically) instead of standard output")
+    e.set_defaults(func=run_export)
+
+
+def run_scrape_command(args, cfg) -> int:
+    from .stage import run_scrape
+    run_scrape(cfg, source=args.source, servers=args.servers, tags=args.tags,
+               max_posts=args.max_posts, folder=args.folder, metadata=args.metadata,
+               concurrency=args.concurrency)
+    return 0
+
+
+def run_stats(args, cfg) -> int:
+    from .catalog import Catalog
+    with Catalog(cfg.catalog_path, create=False) as cat:
+        stats = cat.stats()
+        stats["schema_version"] = cat.version
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    c = stats["counts"]
+    rows = [
+        ("catalog", f"{cfg.catalog_path} (schema v{stats['schema_version']})"),
+        ("posts", f"{c['posts']}" + _detail(stats["posts_by_server"])),
+        ("authors", f"{c['authors']}"),
+        ("media", f"{c['media']}" + _detail(stats["media_by_kind"])),
+        ("images", f"{c['images']} ({stats['image_bytes'] / 1e6:.1f} MB)"),
+        ("downloads", f"ok {c['downloads_ok']}, skipped {c['downloads_skipped']}, "
+                      f"failed {c['downloads_failed']}, not tried yet "
+                      f"{stats['pending_downloads']}"),
+    ]
+    rows += [("", f"{n} {reason}") for reason, n in stats["downloads_by_reason"].items()]
+    rows += [("faces", f"{c['face_scans']} images scanned, {c['images_with_faces']} with faces"),
+             ("labels", f"{c['labeled_posts']} posts labeled")]
+    for name, state in stats["cursors"].items():
+        where = ("done" if state.get("done") else "in progress")
+        if state.get("error"):
+            where = f"stopped: {state['error']}"
+        rows.append(("cursor", f"{name}: {where}"))
+    for label, text in rows:
+        print(f"{label:<10} {text}")
+    return 0
+
+
+def _detail(groups: dict) -> str:
+    return " (" + ", ".join(f"{k} {n}" for k, n in groups.items()) + ")" if groups else ""
+
+
+def run_export(args, cfg) -> int:
+    from .catalog import Catalog
+    with Catalog(cfg.catalog_path, create=False) as cat:
+        if args.output is None:
+            for row in cat.export_rows():
+                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            return 0
+        out = pathlib.Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+        try:
+            n = 0
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for row in cat.export_rows():
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    n += 1
+            os.replace(tmp, out)
+        except BaseException:
+            pathlib.Path(tmp).unlink(missing_ok=True)
+            raise
+    print(f"catalog export: {n} posts -> {out}", file=sys.stderr)
+    return 0

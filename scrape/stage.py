@@ -1,0 +1,304 @@
+"""The scrape stage's one entry point, ``run_scrape``: the CLI, scripts/scrape.sh and the demo
+all call it.
+
+Mastodon source: for each server, for each tag, page the hashtag timeline from its saved cursor;
+each page's posts and the cursor after it are committed in one transaction, and the page's new
+images are queued for the download threads at once. A run killed at any moment and started again
+ends with the same catalog as an uninterrupted run: a page is either wholly in the catalog with
+its cursor advanced past it, or not at all; an image is either recorded or fetched again.
+
+Folder source: see scrape.folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import threading
+import time
+import urllib.parse
+
+from deepselfie.console import get_logger, progress, summary
+from deepselfie.errors import UserError
+
+from .catalog import Catalog, host_of, utcnow
+from .downloader import Downloader
+from .fetch import Fetcher, FetchError
+from .folder import import_folder, read_metadata
+from .images import ImageStore
+from .mastodon import Skip, home_status_api, parse_status
+from .tally import Tally
+from .timeline import PageError, TagTimeline
+
+log = get_logger("scrape")
+
+PAGE_TRIES = 3          # a malformed page is asked for this many times before the tag is left
+
+
+def run_scrape(cfg, *, source=None, servers=None, tags=None, max_posts=None, folder=None,
+               metadata=None, concurrency=None) -> dict:
+    """Collect posts into the catalog and images into the store -> the run's summary (a dict).
+
+    Keyword arguments override the config's ``scrape`` section (None keeps it).
+    """
+    sc = cfg.scrape
+    source = source or sc.source
+    max_posts = sc.max_posts if max_posts is None else max_posts
+    concurrency = sc.concurrency if concurrency is None else concurrency
+    if max_posts < 0:
+        raise UserError("must be >= 0", path="--max-posts")
+    if concurrency < 1:
+        raise UserError("must be at least 1", path="scrape.concurrency")
+    if source == "folder":
+        folder, metadata = folder or sc.folder, metadata or sc.metadata
+        if not folder or not metadata:
+            raise UserError("the folder source needs --folder DIR and --metadata FILE.csv",
+                            path="--source folder")
+        posts = read_metadata(metadata, folder, utcnow())   # all checked before any write
+        args = {"source": source, "folder": str(folder), "metadata": str(metadata),
+                "max_posts": max_posts}
+    elif source == "mastodon":
+        servers = list(dict.fromkeys(normalize_server(s) for s in (servers or sc.servers)))
+        tags = list(dict.fromkeys(normalize_tag(t) for t in (tags or sc.tags)))
+        if not servers or not tags:
+            raise UserError("give at least one --server and one --tag", path="scrape")
+        tokens = read_tokens(sc.tokens)
+        if not 1 <= sc.page_size <= 40:
+            raise UserError("must be between 1 and 40", path="scrape.page_size")
+        args = {"source": source, "servers": servers, "tags": tags, "max_posts": max_posts,
+                "concurrency": concurrency}
+    else:
+        raise UserError("must be mastodon or folder", path="--source", field=str(source))
+
+    data_dir = cfg.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tally = Tally()
+    started = time.monotonic()
+    with stage_lock(data_dir), Catalog(cfg.catalog_path) as cat:
+        cat.mark_interrupted("scrape")
+        store = ImageStore(data_dir, max_pixels=sc.max_pixels, min_side=sc.min_side)
+        store.clean_temp()
+        run_id = cat.start_run("scrape", args)
+        status = "failed"
+        try:
+            if source == "folder":
+                import_folder(cat, store, posts, tally=tally, max_posts=max_posts,
+                              max_bytes=sc.max_bytes)
+            else:
+                _scrape_mastodon(cfg, cat, store, tally, servers=servers, tags=tags,
+                                 tokens=tokens, max_posts=max_posts, concurrency=concurrency)
+            status = "done"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            result = {"status": status, "seconds": round(time.monotonic() - started, 3),
+                      **tally.as_dict()}
+            cat.finish_run(run_id, result, status)
+            if status != "failed":
+                summary("scrape", describe(tally, result["seconds"])
+                        + ("" if status == "done" else f" ({status}: run again to go on)"))
+    return result
+
+
+def _scrape_mastodon(cfg, cat, store, tally, *, servers, tags, tokens, max_posts, concurrency):
+    sc = cfg.scrape
+    stop = threading.Event()
+    fetcher = Fetcher(timeout=sc.timeout, retries=sc.retries, backoff=sc.backoff,
+                      max_wait=sc.max_wait, user_agent=sc.user_agent, stop=stop,
+                      min_interval={"paging": sc.page_interval})
+    bar = progress(total=0, desc="images", unit="img")
+    downloader = Downloader(cfg.catalog_path, fetcher, store, concurrency=concurrency,
+                            max_bytes=sc.max_bytes, tally=tally, bar=bar)
+    try:
+        downloader.submit(cat.pending_downloads())
+        new = 0
+        for server in servers:
+            for tag in tags:
+                budget = max_posts - new if max_posts else None
+                if budget is not None and budget <= 0:
+                    break
+                timeline = TagTimeline(server, tag, token=tokens.get(server),
+                                       page_size=sc.page_size, only_media=sc.only_media)
+                new += _page_tag(cat, fetcher, downloader, timeline, tally, budget=budget,
+                                 refresh_home=sc.refresh_home, tokens=tokens)
+        downloader.finish()
+    except BaseException:
+        stop.set()
+        downloader.cancel()
+        raise
+    finally:
+        bar.close()
+        fetcher.close()
+
+
+def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home,
+              tokens) -> int:
+    """Page one tag of one server from its cursor until done (or the budget) -> new posts."""
+    server, tag = timeline.server, timeline.tag
+    cursor = timeline.start(cat.get_cursor(server, tag))
+    new = 0
+    while not cursor["done"]:
+        page, error = None, None
+        for attempt in range(1, PAGE_TRIES + 1):
+            try:
+                page = timeline.fetch(fetcher, cursor)
+                break
+            except PageError as e:       # a proxy hiccup can send junk once: ask again
+                error = str(e)
+                if attempt < PAGE_TRIES:
+                    fetcher.pacer.sleep(fetcher.backoff_delay(attempt))
+            except FetchError as e:
+                error = e.reason
+                if e.reason in ("http 401", "http 403") and not timeline.token:
+                    error += " (this server wants an access token: see scrape.tokens)"
+                break
+        if page is None:   # leave this tag for this run; the cursor stays on the failed page
+            with cat.transaction():
+                cat.set_cursor(server, tag, {**cursor, "error": error})
+            tally.add("tag_errors", f"{server} #{tag}: {error}")
+            log.warning("%s #%s: %s (the next run starts again from this page)",
+                        server, tag, error)
+            return new
+        tally.add("pages")
+
+        fetched_at = utcnow()
+        posts, opted_out = [], []
+        for status in page.statuses:
+            post = parse_status(status, server=server, fetched_at=fetched_at)
+            if refresh_home and not isinstance(post, Skip):
+                post = _refresh_from_home(post, fetcher, tokens, tally)
+            if isinstance(post, Skip):
+                tally.add("posts_skipped", post.reason)
+                if post.opted_out:
+                    opted_out.append(post.opted_out)
+            else:
+                posts.append(post)
+
+        complete, post_ids = True, []
+        with cat.transaction():
+            for acct in opted_out:
+                if cat.mark_opted_out(acct):
+                    tally.add("authors_flagged_opted_out")
+            for post in posts:
+                if budget is not None and new >= budget:
+                    complete = False      # --max-posts: the rest of this page waits
+                    break
+                post_id, is_new = cat.upsert_post(post)
+                post_ids.append(post_id)
+                new += is_new
+                tally.add("posts_new" if is_new else "posts_seen_again")
+            if complete:
+                cat.set_cursor(server, tag, page.cursor)
+        downloader.submit(cat.pending_downloads(post_ids=post_ids))
+        downloader.note(f"{host_of(server)} #{tag}: {tally['pages']} pages, "
+                        f"{tally['posts_new']} new posts")
+        if not complete:
+            break
+        cursor = page.cursor
+    log.info("%s #%s: %s", server, tag, "done" if cursor["done"] else "paused")
+    return new
+
+
+def _refresh_from_home(post, fetcher, tokens, tally):
+    """The post as its home server sees it (fresher counts); the copy we have when that fails."""
+    if host_of(post.uri) == host_of(post.server):
+        return post
+    api = home_status_api(post.uri)
+    if api is None:
+        tally.add("home_refresh_failed", "uri form not known")
+        return post
+    parts = urllib.parse.urlsplit(api)
+    home = f"{parts.scheme}://{parts.netloc}"
+    headers = {"Accept": "application/json"}
+    if tokens.get(home):
+        headers["Authorization"] = f"Bearer {tokens[home]}"
+    try:
+        status = json.loads(fetcher.get(api, bucket="api", headers=headers,
+                                        max_bytes=5_000_000).body)
+    except FetchError as e:
+        tally.add("home_refresh_failed", e.reason)
+        return post
+    except ValueError:
+        tally.add("home_refresh_failed", "malformed JSON")
+        return post
+    fresh = parse_status(status, server=home, fetched_at=post.fetched_at)
+    if not isinstance(fresh, Skip) and fresh.uri != post.uri:
+        tally.add("home_refresh_failed", "home server answered with another post")
+        return post
+    tally.add("home_refreshed")
+    return fresh
+
+
+# ------------------------------------------------------------------ options
+def normalize_server(url: str) -> str:
+    """'https://Mastodon.Social/' -> 'https://mastodon.social'; UserError unless http(s)."""
+    parts = urllib.parse.urlsplit(str(url).strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise UserError("must be an http(s) URL such as https://mastodon.social",
+                        path="--server", field=str(url))
+    if parts.path.strip("/") or parts.query:
+        raise UserError("must be the server's address only, without a path",
+                        path="--server", field=str(url))
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def normalize_tag(tag: str) -> str:
+    t = str(tag).strip().lstrip("#").lower()
+    if not re.fullmatch(r"\w+", t):
+        raise UserError("must be a hashtag (letters, digits, _)", path="--tag", field=str(tag))
+    return t
+
+
+def read_tokens(tokens: dict) -> dict:
+    """scrape.tokens -> {normalized server: token}; '$NAME' reads environment variable NAME."""
+    out = {}
+    for server, token in (tokens or {}).items():
+        where = f"scrape.tokens.{server}"
+        if not isinstance(token, str) or not token:
+            raise UserError("must be a token (a string) or $ENV_VAR", path=where)
+        if token.startswith("$"):
+            name = token[1:]
+            token = os.environ.get(name)
+            if not token:
+                raise UserError(f"environment variable {name} is not set", path=where)
+        out[normalize_server(server)] = token
+    return out
+
+
+@contextlib.contextmanager
+def stage_lock(data_dir):
+    """One scrape per data dir at a time (the lock dies with its process, even on kill -9)."""
+    path = data_dir / ".scrape.lock"
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError("another `deepselfie scrape` is running on this data dir",
+                            path=data_dir) from None
+        yield
+    finally:
+        f.close()
+
+
+def describe(tally: Tally, seconds: float) -> str:
+    """The closing summary line: kept, skipped by reason."""
+    parts = [f"{tally['posts_new']} new posts ({tally['posts_seen_again']} seen again, "
+             f"{tally['pages']} pages)"]
+    parts.append(f"{tally['images_kept']} images kept"
+                 + (f" ({tally['images_reused']} reused by url)" if tally['images_reused']
+                    else ""))
+    for what, label in (("images_skipped", "images skipped"),
+                        ("images_failed", "images failed, retried next run"),
+                        ("posts_skipped", "posts skipped"),
+                        ("home_refreshed", "refreshed from home"),
+                        ("home_refresh_failed", "home refreshes failed"),
+                        ("authors_flagged_opted_out", "authors we had flagged as opted out"),
+                        ("tag_errors", "tags stopped early")):
+        text = tally.describe(what, label)
+        if text:
+            parts.append(text)
+    return "; ".join(parts) + f"; {seconds:.1f} s"
