@@ -3,7 +3,11 @@ you can write into, ``.shape``, ``.reshape``), held as torch tensors on the net'
 
 On the CPU in float32 ``.data`` and ``.diff`` are views of the tensors: writes land directly. On
 CUDA (or in bf16), they are host copies, like Caffe's SyncedMemory: reading makes a copy, and the
-net copies it back before it next computes, so ``blob.data[...] = x`` works everywhere.
+net copies it back before it next computes, so ``blob.data[...] = x`` works everywhere (into a
+bf16 blob of fast mode, rounded to bf16). A copy the user did not change is not copied back.
+
+A reshaped blob holds no memory until something reads or writes it (its tensor is a "meta"
+placeholder of the right shape until then), so building a net allocates its parameters only.
 """
 from __future__ import annotations
 
@@ -16,33 +20,52 @@ def _is_view_safe(t: torch.Tensor) -> bool:
 
 
 class Blob:
-    __slots__ = ("_t", "_d", "_host", "_host_diff", "device")
+    __slots__ = ("_t", "_d", "_host", "_handed", "_host_diff", "device")
 
     def __init__(self, shape=(), device=None, tensor=None):
         self.device = torch.device(device or "cpu")
         self._t = tensor if tensor is not None else torch.zeros(tuple(shape), device=self.device)
         self._d = None
         self._host = None       # host copy of data handed out (device/bf16 tensors only)
+        self._handed = None     # ... and what it held when handed out
         self._host_diff = None
 
     # -------------------------------------------------------------- tensors (for the engine)
     @property
     def tensor(self) -> torch.Tensor:
         """The data tensor, after applying writes made through ``.data``."""
+        if self._t.is_meta:      # shaped, never written: zeros from now on
+            self._t = torch.zeros(self._t.shape, dtype=self._t.dtype, device=self.device)
         if self._host is not None:
-            self._push(self._t, self._host)
-            self._host = None
+            host, handed = self._host, self._handed
+            self._host = self._handed = None
+            if not np.array_equal(host, handed, equal_nan=True):    # the user wrote into it
+                self._push(self._t, host)
+        return self._t
+
+    @property
+    def shaped(self) -> torch.Tensor:
+        """The data tensor, or its meta placeholder if never written: for shape work only."""
         return self._t
 
     def set_tensor(self, t: torch.Tensor):
         self._t = t
-        self._host = None
+        self._host = self._handed = None
+
+    def release(self):
+        """Drop the data (keeping shape and dtype): the net does this to blobs it is about to
+        recompute, so that the old and the new values are never held together."""
+        if not self._t.is_meta:
+            self.set_tensor(torch.empty(self._t.shape, dtype=self._t.dtype, device="meta"))
 
     @property
     def diff_tensor(self) -> torch.Tensor:
+        """The diff: float32 zeros until written; a backward in fast mode leaves bf16 there."""
         if self._d is None or self._d.shape != self._t.shape:
-            self._d = torch.zeros_like(self._t, dtype=torch.float32,
-                                      requires_grad=False)
+            if self._t.is_meta:
+                self._d = torch.zeros(self._t.shape, device=self.device)
+            else:
+                self._d = torch.zeros_like(self._t, dtype=torch.float32, requires_grad=False)
             self._host_diff = None
         if self._host_diff is not None:
             self._push(self._d, self._host_diff)
@@ -52,6 +75,20 @@ class Blob:
     def set_diff(self, d: torch.Tensor):
         self._d = d
         self._host_diff = None
+
+    @property
+    def has_diff(self) -> bool:
+        """False while the diff is all zeros because nothing has been written to it."""
+        return self._d is not None and self._d.shape == self._t.shape
+
+    def clear_diff(self):
+        """Zero the diff by dropping it (a leaf's ``.grad`` too): reading it gives new zeros,
+        and a backward can take autograd's gradient as the diff instead of adding it to zeros.
+        Keep no view of the old diff across this call; read ``.diff`` again."""
+        self._d = None
+        self._host_diff = None
+        if self._t.is_leaf and self._t.grad is not None:
+            self._t.grad = None
 
     @staticmethod
     def _push(t, host):
@@ -65,6 +102,7 @@ class Blob:
         if _is_view_safe(t):
             return t.detach().numpy()
         self._host = t.detach().float().cpu().numpy()
+        self._handed = self._host.copy()
         return self._host
 
     @data.setter
@@ -106,9 +144,11 @@ class Blob:
             shape = tuple(shape[0])
         shape = tuple(int(s) for s in shape)
         if shape != self.shape:
-            t = torch.zeros(shape, device=self._t.device, dtype=self._t.dtype)
-            if self._t.requires_grad and self._t.is_leaf:
+            if self._t.requires_grad and self._t.is_leaf:    # an input the net differentiates
+                t = torch.zeros(shape, device=self.device, dtype=self._t.dtype)
                 t.requires_grad_(True)
+            else:
+                t = torch.empty(shape, device="meta", dtype=self._t.dtype)
             self.set_tensor(t)
             self._d = None
 

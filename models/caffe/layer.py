@@ -12,6 +12,15 @@ Class attributes tell the net what Caffe's layer traits are:
   no_backward         Caffe has no backward for it (Accuracy, ArgMax): forward runs without autograd
   is_source           it has no bottoms and makes its tops (Input, Data): they keep their storage
   label_bottoms       bottom indices force_backward never reaches (a loss's labels)
+  inplace_capable     it can compute its top in its bottom's storage; the net turns this on
+                      (sets ``self.inplace``) where the prototxt is in-place and it is safe
+  top_reusable        its top is a new tensor that its backward never reads, so an in-place
+                      layer after it may overwrite it (as Caffe's in-place ReLU does)
+  bf16_params         autocast (fast mode) runs it in bf16, parameters included: a fast net
+                      that never runs backward may store them in bf16
+
+``output_shapes(bottom_shapes)`` gives the top shapes without computing anything; a layer that
+does not say (None) is run forward on "meta" tensors instead.
 """
 from __future__ import annotations
 
@@ -52,6 +61,9 @@ class Layer:
     no_backward = False
     is_source = False
     label_bottoms: tuple = ()
+    inplace_capable = False
+    top_reusable = False
+    bf16_params = False
 
     def __init__(self, lp, phase, device, source="<net>"):
         self.param = lp
@@ -60,6 +72,7 @@ class Layer:
         self.device = device
         self.source = source
         self.blobs: list[Blob] = []
+        self.inplace = False
 
     # -- helpers for subclasses
     def error(self, message, field=None):
@@ -89,6 +102,10 @@ class Layer:
     # -- the contract
     def setup(self, bottoms: list[torch.Tensor]) -> None:
         """Check the bottoms and create parameter blobs (called once, bottoms may be meta)."""
+
+    def output_shapes(self, bottom_shapes: list[tuple]) -> list[tuple] | None:
+        """The top shapes for these bottom shapes, or None: "run forward on meta tensors"."""
+        return None
 
     def forward(self, bottoms: list[torch.Tensor], params: list[torch.Tensor]):
         raise NotImplementedError

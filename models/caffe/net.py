@@ -201,6 +201,7 @@ class Net:
         self.param_specs = []                       # per layer: list of (lr_mult, decay_mult)
         self._param_owner: dict[str, tuple] = {}    # shared param name -> (layer, index)
         memory = 0
+        writer: dict[int, Layer] = {}               # blob id -> the layer that last wrote it
 
         for li, lp in enumerate(net.layer):
             if not lp.HasField("phase"):
@@ -258,9 +259,13 @@ class Net:
             self.bottom_ids.append(b_ids)
             self.top_ids.append(t_ids)
             self.creates_top.append(creates)
+            if layer.inplace_capable and creates and not any(creates):
+                layer.inplace = all(writer[t].top_reusable for t in t_ids)
+            for tid in t_ids:
+                writer[tid] = layer
 
             # set up: parameters, then top shapes
-            bottoms = [self._blobs[b].tensor for b in b_ids]
+            bottoms = [self._blobs[b].shaped for b in b_ids]
             layer.setup(bottoms)
             glog.info("net.cpp:124", f"Setting up {lp.name}")
             shapes = self._top_shapes(layer, bottoms)
@@ -307,15 +312,19 @@ class Net:
         self._output_ids = [blob_index[n] for n in sorted(available)]
         self._set_param_grads()
         if self.fast:
-            self._to_channels_last()
+            self._to_fast_storage()
         for i in self._output_ids:
             glog.info("net.cpp:244", f"This network produces output {self._blob_names[i]}")
         glog.info("net.cpp:257", "Network initialization done.")
 
     def _top_shapes(self, layer, bottoms):
-        """Top shapes: a source layer knows them; others run forward on meta tensors."""
+        """Top shapes: a source layer knows them, most layers compute them from the bottoms'
+        shapes; others run forward on meta tensors."""
         if layer.is_source:
             return [tuple(s) for s in layer.top_shapes()]
+        shapes = layer.output_shapes([tuple(b.shape) for b in bottoms])
+        if shapes is not None:
+            return [tuple(s) for s in shapes]
         params = [b.tensor for b in layer.blobs]
         try:
             with torch.no_grad():
@@ -403,13 +412,21 @@ class Net:
                 if need and not t.requires_grad:
                     t.requires_grad_(True)
 
-    def _to_channels_last(self):
+    def _to_fast_storage(self):
+        """Fast mode: 4-D parameters in channels_last. In a net that never runs backward, the
+        parameters that autocast would cast to bf16 at every forward (convolution and inner
+        product weights and biases) are stored in bf16 once; their ``.data`` is then a float32
+        copy (writes are copied back, as on a GPU) and the outputs are the same."""
+        inference = not any(self.layer_need_backward)
         for layer in self.layers:
             for blob in layer.blobs:
                 t = blob.tensor
-                if t.dim() == 4:
-                    with torch.no_grad():
+                with torch.no_grad():
+                    if t.dim() == 4:
                         t.data = t.data.contiguous(memory_format=torch.channels_last)
+                    if inference and layer.bf16_params and t.dtype == torch.float32:
+                        blob.set_tensor(t.detach().to(torch.bfloat16)
+                                        .requires_grad_(t.requires_grad))
 
     # ------------------------------------------------------------ pycaffe surface
     @property
@@ -492,6 +509,11 @@ class Net:
         record = torch.is_grad_enabled() and any(self.layer_need_backward)
         self._graph_ready = record
         self._hooks_clear()
+        for li in range(start, end + 1):   # what this pass recomputes: free the old values first
+            if not self.layers[li].is_source:
+                for tid, creates in zip(self.top_ids[li], self.creates_top[li]):
+                    if creates:
+                        self._blobs[tid].release()
         loss = 0.0
         loss_tensors = []
         with state.autocast(self.device, self.fast):
@@ -555,14 +577,16 @@ class Net:
         for h in getattr(self, "_hook_handles", []):
             h.remove()
         self._hook_handles = []
+        self._watched = []
 
     def _watch(self, tid, tensor):
         """After backward, the blob's diff is the gradient with respect to this tensor."""
         blob = self._blobs[tid]
 
         def hook(grad, blob=blob):
-            blob.set_diff(grad.detach().float() if grad.dtype != torch.float32 else grad)
+            blob.set_diff(grad.detach())   # bf16 in fast mode: .diff shows it as float32
         self._hook_handles.append(tensor.register_hook(hook))
+        self._watched.append(blob)
 
     def _watch_scratch(self, li, layer, bottoms, params, top):
         """Reproduce what Caffe's backward leaves in the diffs of bottoms it does not
@@ -630,14 +654,17 @@ class Net:
                 t = blob.tensor
                 if t.requires_grad and t.is_leaf and id(t) not in seen:
                     seen.add(id(t))
-                    if t.grad is None:
-                        t.grad = blob.diff_tensor
+                    # parameter diffs accumulate, as in Caffe; a cleared (zero) diff is left
+                    # out so that autograd's new gradient becomes the diff without an addition
+                    t.grad = blob.diff_tensor if blob.has_diff else None
                     params.append((blob, t))
         self._graph_ready = False
+        for blob in self._watched:   # their new diffs replace these: do not hold both
+            blob.set_diff(None)
         if tensors:
             torch.autograd.backward(tensors, grads)
         for blob, t in params:
-            if t.grad is not blob._d:
+            if t.grad is not None and t.grad is not blob._d:
                 blob.set_diff(t.grad)
         for tid in self.input_ids:   # input leaves: the hook wrote the diff; do not accumulate
             t = self._blobs[tid].tensor
@@ -669,8 +696,7 @@ class Net:
     def clear_param_diffs(self):
         for layer in self.layers:
             for blob in layer.blobs:
-                if blob._d is not None:
-                    blob._d.zero_()
+                blob.clear_diff()
 
     # ------------------------------------------------------------ weights
     def copy_from(self, path):
@@ -724,7 +750,7 @@ class Net:
         for li, layer in enumerate(self.layers):
             if layer.is_source:
                 continue
-            bottoms = [self._blobs[b].tensor for b in self.bottom_ids[li]]
+            bottoms = [self._blobs[b].shaped for b in self.bottom_ids[li]]
             for tid, shape in zip(self.top_ids[li], self._top_shapes(layer, bottoms)):
                 self._blobs[tid].reshape(shape)
 

@@ -19,6 +19,14 @@ class InnerProduct(Layer):
     """y = x W^T + b, with x flattened from ``axis`` on; W is (num_output, K), or (K,
     num_output) with ``transpose``."""
     type = "InnerProduct"
+    top_reusable = True
+    bf16_params = True
+
+    def output_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        if _count(shape, self.ax) != self.k:
+            return None
+        return [shape[:self.ax] + (self.param.inner_product_param.num_output,)]
 
     def setup(self, bottoms):
         p = self.param.inner_product_param
@@ -41,9 +49,12 @@ class InnerProduct(Layer):
                              f"from axis {self.ax}; the weights expect {self.k}")
         flat = x.reshape(_count(lead), self.k)
         w = params[0]
-        y = flat @ w if self.param.inner_product_param.transpose else flat @ w.t()
-        if len(params) > 1:
-            y = y + params[1]
+        b = params[1] if len(params) > 1 else None
+        if self.param.inner_product_param.transpose:
+            y = flat @ w
+            y = y + b.to(y.dtype) if b is not None else y
+        else:
+            y = torch.nn.functional.linear(flat, w, b)
         return [y.reshape(lead + (y.shape[1],))]
 
 
@@ -54,6 +65,10 @@ class BatchNorm(Layer):
     the sums with moving_average_fraction; TEST uses sums / factor."""
     type = "BatchNorm"
     frozen_params = True
+    top_reusable = True
+
+    def output_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
 
     def setup(self, bottoms):
         x = bottoms[0]
@@ -76,7 +91,8 @@ class BatchNorm(Layer):
             s = torch.where(f == 0, torch.zeros_like(f), 1.0 / f)
             mean = (mean_sum.detach() * s).view(shape)
             var = (var_sum.detach() * s).view(shape)
-            return [(x - mean) / torch.sqrt(var + p.eps)]
+            std = torch.sqrt(var + p.eps).to(x.dtype)       # bf16 stays bf16 (fast mode)
+            return [(x - mean.to(x.dtype)) / std]
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims, keepdim=True)
         var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
@@ -113,6 +129,10 @@ class Scale(Layer):
     [axis, axis + num_axes) of x."""
     type = "Scale"
     bottoms = (1, 2)
+    top_reusable = True
+
+    def output_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
 
     def setup(self, bottoms):
         p = self.param.scale_param
@@ -146,9 +166,9 @@ class Scale(Layer):
             s, rest = bottoms[1], params
         else:
             s, rest = params[0], params[1:]
-        y = x * _broadcast(s, x, self.ax)
+        y = x * _broadcast(s.to(x.dtype), x, self.ax)
         if rest:
-            y = y + _broadcast(rest[0], x, self.ax)
+            y = y + _broadcast(rest[0].to(x.dtype), x, self.ax)
         return [y]
 
 
@@ -156,6 +176,10 @@ class Scale(Layer):
 class Bias(Layer):
     type = "Bias"
     bottoms = (1, 2)
+    top_reusable = True
+
+    def output_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
 
     def setup(self, bottoms):
         p = self.param.bias_param
@@ -169,7 +193,7 @@ class Bias(Layer):
     def forward(self, bottoms, params):
         x = bottoms[0]
         b = bottoms[1] if len(bottoms) == 2 else params[0]
-        return [x + _broadcast(b, x, self.ax)]
+        return [x + _broadcast(b.to(x.dtype), x, self.ax)]
 
 
 @register
@@ -178,6 +202,11 @@ class Eltwise(Layer):
     the gradient to the first bottom holding the maximum, as Caffe does."""
     type = "Eltwise"
     bottoms = (2, None)
+    top_reusable = True
+
+    def output_shapes(self, bottom_shapes):
+        shapes = {tuple(b) for b in bottom_shapes}
+        return [tuple(bottom_shapes[0])] if len(shapes) == 1 else None
 
     def setup(self, bottoms):
         p = self.param.eltwise_param
@@ -216,6 +245,13 @@ def _legacy_axis(layer, field, legacy_field, param):
 class Concat(Layer):
     type = "Concat"
     bottoms = (1, None)
+
+    def output_shapes(self, bottom_shapes):
+        ref = list(bottom_shapes[0])
+        if len(ref) <= self.ax:
+            return None
+        ref[self.ax] = sum(b[self.ax] for b in bottom_shapes)
+        return [tuple(ref)]
 
     def setup(self, bottoms):
         p = self.param.concat_param
@@ -268,6 +304,9 @@ class Split(Layer):
     """Copies of one blob for several consumers (their diffs add up in the bottom)."""
     type = "Split"
     tops = (1, None)
+
+    def output_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])] * len(self.param.top)
 
     def forward(self, bottoms, params):
         x = bottoms[0]
@@ -362,6 +401,9 @@ class Crop(Layer):
 @register
 class Softmax(Layer):
     type = "Softmax"
+
+    def output_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
 
     def forward(self, bottoms, params):
         x = bottoms[0]

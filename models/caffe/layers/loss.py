@@ -21,6 +21,9 @@ class LossLayer(Layer):
     is_loss = True
     label_bottoms = (1,)
 
+    def output_shapes(self, bottom_shapes):
+        return [()] + [tuple(bottom_shapes[0])] * (len(self.param.top) - 1)
+
     def normalization(self, default=LP.VALID):
         lp = self.param.loss_param
         if lp.HasField("normalization"):
@@ -184,6 +187,9 @@ class Accuracy(Layer):
     tops = (1, 2)
     no_backward = True
     label_bottoms = (1,)
+
+    def output_shapes(self, bottom_shapes):
+        return [()] + [(bottom_shapes[0][self.ax],)] * (len(self.param.top) - 1)
 
     def setup(self, bottoms):
         x, label = bottoms

@@ -11,19 +11,23 @@ from ..proto import caffe_pb2
 
 
 class Neuron(Layer):
-    pass
+    def output_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
 
 
 @register
 class ReLU(Neuron):
+    """max(x, 0) + negative_slope * min(x, 0); in place when the net says so (see Layer)."""
     type = "ReLU"
+    inplace_capable = True
 
     def forward(self, bottoms, params):
         (x,) = bottoms
         slope = self.param.relu_param.negative_slope
-        if slope:
-            return [F.leaky_relu(x, slope)]
-        return [F.relu(x)]
+        inplace = self.inplace and not (x.is_leaf and x.requires_grad)   # (a leaf: run alone)
+        if slope:   # torch's in-place leaky_relu has no backward for slopes below 0
+            return [F.leaky_relu(x, slope, inplace=inplace and slope > 0)]
+        return [F.relu_(x) if inplace else F.relu(x)]
 
 
 @register

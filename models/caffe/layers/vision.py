@@ -32,6 +32,19 @@ def _per_axis(layer, repeated, h, w, has_hw, n, default, name):
 
 
 class _ConvBase(Layer):
+    top_reusable = True
+    bf16_params = True
+
+    def output_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        if len(shape) != 2 + len(self.kernel) or shape[1] != self.channels:
+            return None   # let the forward on meta tensors say what is wrong
+        spatial = tuple(self._out_size(*a) for a in zip(shape[2:], self.kernel, self.stride,
+                                                       self.pad, self.dilation))
+        if min(spatial, default=1) <= 0:
+            return None
+        return [(shape[0], self.param.convolution_param.num_output) + spatial]
+
     def _geometry(self, x):
         p = self.param.convolution_param
         self.channel_axis = self.axis(p.axis, x.dim(), "convolution_param.axis")
@@ -74,6 +87,10 @@ class Convolution(_ConvBase):
             self.add_param((p.num_output,), p.bias_filler, "bias")
         self.conv = _CONV[n]
 
+    @staticmethod
+    def _out_size(size, kernel, stride, pad, dilation):
+        return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
+
     def forward(self, bottoms, params):
         w = params[0]
         b = params[1] if len(params) > 1 else None
@@ -92,6 +109,10 @@ class Deconvolution(_ConvBase):
         if p.bias_term:
             self.add_param((p.num_output,), p.bias_filler, "bias")
         self.deconv = _DECONV[n]
+
+    @staticmethod
+    def _out_size(size, kernel, stride, pad, dilation):
+        return stride * (size - 1) + dilation * (kernel - 1) + 1 - 2 * pad
 
     def forward(self, bottoms, params):
         w = params[0]
@@ -146,8 +167,15 @@ class Pooling(Layer):
         self.ceil = p.round_mode == PP.CEIL
         self.method = p.pool
 
-    def _geometry(self, x):
-        h, w = x.shape[2], x.shape[3]
+    def output_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        if len(shape) != 4:
+            return None
+        _, out = self._geometry(shape[2:])
+        return [shape[:2] + out] * len(self.param.top)
+
+    def _geometry(self, hw):
+        h, w = hw
         kernel = (h, w) if self.global_pool else self.kernel
         out = tuple(pooled_size(s, k, st, pd, self.ceil)
                     for s, k, st, pd in zip((h, w), kernel, self.stride, self.pad))
@@ -155,7 +183,7 @@ class Pooling(Layer):
 
     def forward(self, bottoms, params):
         (x,) = bottoms
-        kernel, out = self._geometry(x)
+        kernel, out = self._geometry(x.shape[2:])
         if self.method == PP.MAX:
             return self._max(x, kernel, out)
         if self.method == PP.AVE:
@@ -229,6 +257,10 @@ class LRN(Layer):
     n neighbouring channels)^beta. WITHIN_CHANNEL: x / (1 + alpha * average of squares over an
     n x n window, padded as Caffe's AVE pooling divides)^beta."""
     type = "LRN"
+    top_reusable = True
+
+    def output_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0])]
 
     def setup(self, bottoms):
         p = self.param.lrn_param
