@@ -102,7 +102,10 @@ def test_fast_mode_finds_the_same_faces(models_dir, detector):
     for name in FACES:
         (exact,) = detector.detect([photo(name)])[0]
         (quick,) = fast.detect([photo(name)])[0]
-        assert iou(exact.box, quick.box) > 0.9
+        # bf16 moves the regressed box by a few pixels (IoU 0.86-0.97 with fp32 seen across
+        # oneDNN kernel choices); the face found must still be the face
+        assert _covers(quick, FACES[name]) and quick.score > 0.99
+        assert iou(exact.box, quick.box) > 0.8
 
 
 @pytest.mark.gpu
