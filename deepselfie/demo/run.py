@@ -119,6 +119,7 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
     from scrape.testserver import MastodonAPIServer
 
     size = QUICK if quick else FULL
+    cfg["paths"]["data_dir"] = str(cfg.data_dir.resolve())   # solver paths must not depend on cwd
     data_dir = cfg.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     report_dir = data_dir / "report"
