@@ -30,6 +30,7 @@ from dataclasses import asdict
 
 from deepselfie.console import get_logger, summary
 from deepselfie.errors import UserError
+from deepselfie.files import atomic_write
 
 from .image import EncodeSettings
 from .lmdb_writer import Record, build_lmdb, partial_path, publish, record_key
@@ -90,9 +91,7 @@ def _usable_cpus() -> int:
 
 
 def _write_atomic(path: pathlib.Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def _plan_hash(settings: EncodeSettings, records, shas) -> str:

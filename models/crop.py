@@ -28,6 +28,7 @@ import numpy as np
 
 from deepselfie.console import get_logger, progress
 from deepselfie.errors import UserError
+from deepselfie.files import atomic_write
 
 from .score import UnreadableImage, list_images, load_bgr, resize
 
@@ -212,10 +213,7 @@ def _output_names(paths, root) -> dict:
 
 
 def _write_json(data, out: pathlib.Path):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(data, indent=1) + "\n")
 
 
 def crop_images(scorer, source, out_dir, search: CropSearch = CropSearch(),

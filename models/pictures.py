@@ -3,11 +3,12 @@ histogram and an HTML report that puts them together."""
 from __future__ import annotations
 
 import html
-import os
 import pathlib
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from deepselfie.files import atomic_path, atomic_write
 
 from .score import UnreadableImage, load_bgr
 
@@ -81,10 +82,8 @@ def histogram(scores, out, title="score distribution"):
 
 def save_image(img: Image.Image, out) -> pathlib.Path:
     out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".tmp-" + out.name)
-    img.save(tmp, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        img.save(tmp, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
     return out
 
 
@@ -127,11 +126,7 @@ Score = the net's probability that the photo is a "good" (well liked) one.</p>
 {f'<h2>Skipped</h2><ul>{skipped}</ul>' if failed else ''}
 </body></html>
 """
-    index = out_dir / "index.html"
-    tmp = out_dir / ".index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, index)
-    return index
+    return atomic_write(out_dir / "index.html", page)
 
 
 def side_by_side(image_bgr: np.ndarray, box, original_score: float, crop_bgr: np.ndarray,

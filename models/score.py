@@ -24,6 +24,7 @@ import numpy as np
 
 from deepselfie.console import get_logger, progress
 from deepselfie.errors import UserError
+from deepselfie.files import atomic_open
 
 log = get_logger("score")
 
@@ -332,10 +333,7 @@ def write_scores(results, out, *, as_json=False, root=None):
             for i, (p, s) in enumerate(results)]
     if out is None:
         return rows
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(out, "w", newline="") as f:
         if as_json:
             json.dump(rows, f, indent=1)
             f.write("\n")
@@ -343,5 +341,4 @@ def write_scores(results, out, *, as_json=False, root=None):
             w = csv.DictWriter(f, fieldnames=["path", "score", "rank"])
             w.writeheader()
             w.writerows(rows)
-    os.replace(tmp, out)
     return rows

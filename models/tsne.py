@@ -23,6 +23,7 @@ import numpy as np
 
 from deepselfie.console import get_logger
 from deepselfie.errors import UserError
+from deepselfie.files import atomic_open, atomic_write
 
 from .score import list_images, read_scores
 
@@ -73,12 +74,9 @@ def collect_features(scorer, paths, blob, cache_dir=None, show_progress=True):
     features = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
     scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_open(cache, "wb") as f:
             np.savez(f, paths=np.array([str(p) for p in kept]), features=features, scores=scores,
                      failed=np.array(json.dumps([[str(p), r] for p, r in failed])))
-        os.replace(tmp, cache)
     return kept, features, scores, failed, False
 
 
@@ -274,11 +272,7 @@ def html_map(out_dir, records, *, blob, method, side=900, dot=36) -> pathlib.Pat
                          for r in records]).replace("</", "<\\/")
     page = MAP_PAGE.format(title="deepselfie t-SNE map", n=len(records), blob=html.escape(blob),
                            method=html.escape(method), side=side, dot=dot, points=points)
-    out = pathlib.Path(out_dir) / "index.html"
-    tmp = out.with_name(".index.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_write(pathlib.Path(out_dir) / "index.html", page)
 
 
 # ---- the stage ----------------------------------------------------------------------------------
@@ -334,8 +328,6 @@ def tsne_map(scorer, source, out_dir, *, blob="fc7", cache_dir=None, pca_dims=50
     data = {"blob": blob, "method": used, "features": list(features.shape), "grid":
             {"cols": cols, "rows": rows, "thumb": thumb}, "points": records,
             "skipped": [{"path": str(p), "reason": r} for p, r in failed]}
-    tmp = out_dir / ".tsne.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "tsne.json")
+    atomic_write(out_dir / "tsne.json", json.dumps(data, indent=1) + "\n")
     return {"images": len(kept), "skipped": len(failed), "cached": cached, "method": used,
             "grid": grid, "page": page, "json": out_dir / "tsne.json", "dims": features.shape[1]}

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
-import tempfile
+
+from deepselfie.files import atomic_open
 
 
 def register(subparsers, common) -> None:
@@ -97,17 +97,10 @@ def run_export(args, cfg) -> int:
                 sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
             return 0
         out = pathlib.Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-        try:
-            n = 0
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for row in cat.export_rows():
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    n += 1
-            os.replace(tmp, out)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        n = 0
+        with atomic_open(out, "w") as f:
+            for row in cat.export_rows():
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
     print(f"catalog export: {n} posts -> {out}", file=sys.stderr)
     return 0

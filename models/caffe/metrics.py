@@ -8,10 +8,10 @@ run being replaced), so the file and the plot tell one continuous story.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import tempfile
 import time
+
+from deepselfie.files import atomic_path, atomic_write
 
 
 class TrainingMonitor:
@@ -62,14 +62,8 @@ class TrainingMonitor:
         fig = plot_records(self.records)
         if fig is None:
             return
-        fd, tmp = tempfile.mkstemp(prefix=".curve.", suffix=".png", dir=self.png_path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, dpi=90)
-            os.replace(tmp, self.png_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(self.png_path) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
             import matplotlib.pyplot as plt
             plt.close(fig)
 
@@ -121,7 +115,4 @@ def _series(tests, losses: bool) -> dict:
 
 
 def _atomic_write_text(path: pathlib.Path, text: str):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)

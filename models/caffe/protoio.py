@@ -6,16 +6,15 @@ file:line:column and the problem; a truncated or foreign binary file says so.
 """
 from __future__ import annotations
 
-import os
 import pathlib
 import re
-import tempfile
 
 import numpy as np
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
 from deepselfie.errors import UserError
+from deepselfie.files import atomic_write
 
 from .proto import caffe_pb2
 
@@ -85,30 +84,9 @@ def read_binary_or_text(path, message_type):
             raise binary_error from None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write via a temporary file and a rename: readers never see half a file."""
-    p = pathlib.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, data, fsync=True)
 
 
 def write_binary(path, message) -> None:
