@@ -16,6 +16,7 @@ import time
 
 from deepselfie.console import get_logger, progress
 from deepselfie.errors import UserError
+from deepselfie.files import atomic_path
 
 log = get_logger("fetch")
 
@@ -127,10 +128,8 @@ def install_local(src, dest, *, sha1: str | None = None) -> pathlib.Path:
     if not src.is_file():
         raise UserError("file not found", path=src)
     _verify(src, sha1, "--path")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
     return dest
 
 
