@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepselfie.demo.run import write_small_net_files
 from labelkit import Spec, make_catalog
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -49,27 +50,13 @@ def labeled(tmp_path, cli, monkeypatch):
     return data / "runs" / "selfie"
 
 
-def _small_files(tmp_path, run, max_iter):
-    tv = (ROOT / "prototxt" / "selfie_small_train_val.prototxt").read_text()
-    tv = tv.replace("data/runs/selfie/", f"{run}/").replace("batch_size: 32", "batch_size: 16")
-    (tmp_path / "train_val.prototxt").write_text(tv)
-    solver = (ROOT / "prototxt" / "selfie_small_solver.prototxt").read_text()
-    solver = solver.replace('net: "prototxt/selfie_small_train_val.prototxt"',
-                            f'net: "{tmp_path / "train_val.prototxt"}"')
-    solver = solver.replace("max_iter: 300", f"max_iter: {max_iter}")
-    solver = solver.replace("snapshot: 100", "snapshot: 0")
-    solver = solver.replace("test_interval: 50", "test_interval: 40").replace(
-        "data/snapshots/selfie_small", str(tmp_path / "snap" / "small"))
-    (tmp_path / "solver.prototxt").write_text(solver)
-    return tmp_path / "solver.prototxt"
-
-
 @pytest.mark.slow
 def test_train_small_net_then_score_heldout(tmp_path, cli, labeled):
-    solver = _small_files(tmp_path, labeled, max_iter=80)
+    solver = write_small_net_files(labeled, tmp_path / "snap", max_iter=80, test_interval=40,
+                                   batch_size=16)
     r = cli("train", "--solver", solver, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    weights = tmp_path / "snap" / "small_iter_80.caffemodel"
+    weights = tmp_path / "snap" / "selfie_small_iter_80.caffemodel"
     assert weights.exists()
     assert "Test net output #0: accuracy" in r.stderr
 

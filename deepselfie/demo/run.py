@@ -45,18 +45,23 @@ def _configure(cfg, size: Size, server_url: str):
                      encoding="jpg")
 
 
-def _write_training_files(run_dir: pathlib.Path, out: pathlib.Path, size: Size) -> pathlib.Path:
-    """The small net's train_val and solver with this run's paths (Caffe resolves paths against
-    the working directory, so the demo writes absolute ones)."""
+def write_small_net_files(run_dir, out: pathlib.Path, *, max_iter: int, test_interval: int,
+                          batch_size: int | None = None) -> pathlib.Path:
+    """The small net's train_val and solver pointed at a label run folder, written into ``out``
+    (Caffe resolves paths against the working directory, so these are absolute); snapshots go
+    to ``out/selfie_small_iter_<max_iter>.caffemodel``. Returns the solver's path."""
+    run_dir, out = pathlib.Path(run_dir).resolve(), pathlib.Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tv = (ROOT / "prototxt" / "selfie_small_train_val.prototxt").read_text()
     tv = tv.replace("data/runs/selfie/", f"{run_dir}/")
+    if batch_size is not None:
+        tv = tv.replace("batch_size: 32", f"batch_size: {batch_size}")
     (out / "train_val.prototxt").write_text(tv)
     solver = (ROOT / "prototxt" / "selfie_small_solver.prototxt").read_text()
     solver = solver.replace('"prototxt/selfie_small_train_val.prototxt"',
                             f'"{out / "train_val.prototxt"}"')
-    solver = solver.replace("max_iter: 300", f"max_iter: {size.max_iter}")
-    solver = solver.replace("test_interval: 50", f"test_interval: {size.test_interval}")
+    solver = solver.replace("max_iter: 300", f"max_iter: {max_iter}")
+    solver = solver.replace("test_interval: 50", f"test_interval: {test_interval}")
     solver = solver.replace("snapshot: 100", "snapshot: 0")
     solver = solver.replace('"data/snapshots/selfie_small"', f'"{out / "selfie_small"}"')
     (out / "solver.prototxt").write_text(solver)
@@ -155,7 +160,8 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
     run_dir = cfg.runs_dir / cfg.label.run_name
 
     t0 = time.monotonic()
-    solver_path = _write_training_files(run_dir, data_dir / "train", size)
+    solver_path = write_small_net_files(run_dir, data_dir / "train", max_iter=size.max_iter,
+                                        test_interval=size.test_interval)
     train(str(solver_path), default_device=cfg.runtime.device, metrics=True,
           curve_interval_s=5.0)
     weights = data_dir / "train" / f"selfie_small_iter_{size.max_iter}.caffemodel"
