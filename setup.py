@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["deepselfie*", "scrape*", "label*", "models*"]),
-    package_data={"models.caffe.proto": ["*.proto"], "models": ["*.html"]},
+    package_data={"models.caffe.proto": ["*.proto"], "deepselfie.serve": ["*.html"]},
     install_requires=[
         # the user's design card
         "numpy>=1.24",

@@ -20,8 +20,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import models.caffe as caffe  # noqa: E402
-from models.crop import CropSearch, search_crop  # noqa: E402
-from models.score import Scorer  # noqa: E402
+from models.selfie.crop import CropSearch, search_crop  # noqa: E402
+from models.selfie.score import Scorer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NETS = {"small": ROOT / "prototxt" / "selfie_small_deploy.prototxt",

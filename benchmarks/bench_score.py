@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import models.caffe as caffe  # noqa: E402
-from models.score import Scorer  # noqa: E402
+from models.selfie.score import Scorer  # noqa: E402
 
 NETS = {"vgg16": ("selfie_vgg16_deploy.prototxt", 8), "small": ("selfie_small_deploy.prototxt", 32)}
 

@@ -20,6 +20,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))   # the loopback Mastodon server (tests/mastodon_server.py)
 
 
 def _photo(i: int, size) -> bytes:
@@ -37,7 +38,7 @@ def _photo(i: int, size) -> bytes:
 
 
 def _serve(n_posts, latency, size, ready, stop):
-    from scrape import testserver as ts
+    import mastodon_server as ts
     srv = ts.MastodonAPIServer(latency=latency).start()
     for i in range(n_posts):
         acc = ts.account(srv.url, f"user{i % 50}", followers=100 + i, account_id=str(i % 50))

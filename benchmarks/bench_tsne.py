@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from models.tsne import _has_opentsne, embed, grid_shape, snap_to_grid  # noqa: E402
+from deepselfie.report.tsne_map import _has_opentsne, embed, grid_shape, snap_to_grid  # noqa: E402
 
 
 def features(n, d, clusters=20, seed=0):

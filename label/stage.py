@@ -154,7 +154,7 @@ def run_label(cfg, *, run_name: str | None = None, quiet: bool = False) -> dict:
     if run_name is not None:
         cfg.label["run_name"] = run_name
     check_settings(cfg)
-    from scrape.catalog import Catalog
+    from deepselfie.catalog import Catalog
     with Catalog(cfg.catalog_path, create=False) as catalog, \
             Workers(cfg.label.processes or _usable_cpus()) as workers:
         run_id = catalog.start_run("label", dict(cfg.label))

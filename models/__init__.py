@@ -1,1 +1,2 @@
-"""Models: the Caffe runtime (``models.caffe``), the face detector, scoring and what builds on it."""
+"""Models only: the Caffe runtime (``models.caffe``, with its train/test/time tool), the face
+detector (``models.faces``) and the selfie net (``models.selfie``: scoring, crop search, weights)."""

@@ -1,9 +1,9 @@
 """Stage 1: collect #selfie posts into the SQLite catalog and the content-addressed image store.
 
-The entry point is ``scrape.stage.run_scrape(cfg, ...)`` (the CLI, scripts/scrape.sh and the
-demo call it). The parts, one concept per module:
+The entry point is ``scrape.stage.run_scrape(cfg, ...)`` (the CLI in deepselfie/cli/scrape.py,
+scripts/scrape.sh and the demo call it); posts and downloads go into the shared catalog
+(deepselfie.catalog). The parts, one concept per module:
 
-  catalog     the SQLite catalog every stage shares (schema, migrations, reads and writes)
   mastodon    a Mastodon-API status -> PostRecord, or the reason to skip it (opt-outs included)
   timeline    paging one hashtag timeline from a saved cursor (Link header or max_id)
   fetch       GET over http(s): retries, backoff, 429s, redirects, byte limits
@@ -12,6 +12,4 @@ demo call it). The parts, one concept per module:
   downloader  the download threads, recording each outcome
   folder      the folder source (your images + a metadata CSV)
   tally       what a run did, for its summary line
-  cli         `deepselfie scrape` and `deepselfie catalog stats|export`
-  testserver  a Mastodon-API server on 127.0.0.1 (tests, benchmark, demo)
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 
-from .catalog import Catalog
+from deepselfie.catalog import Catalog
 from .fetch import Fetcher, FetchError
 from .images import ImageStore, Rejected
 from .pacing import Stopped

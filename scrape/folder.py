@@ -18,7 +18,7 @@ import urllib.request
 from deepselfie.console import progress
 from deepselfie.errors import UserError
 
-from .catalog import Catalog, MediaRecord, PostRecord, to_iso
+from deepselfie.catalog import Catalog, MediaRecord, PostRecord, to_iso
 from .images import ImageStore, Rejected
 from .tally import Tally
 

@@ -17,7 +17,7 @@ import tempfile
 
 from PIL import Image
 
-from .catalog import StoredImage
+from deepselfie.catalog import StoredImage
 
 # Formats kept, and the extension each is stored under. Image.open is limited to these, so no
 # other (rarer, less hardened) decoder ever sees downloaded bytes. MPO is how Pillow names the

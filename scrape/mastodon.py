@@ -21,7 +21,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from .catalog import MediaRecord, PostRecord, host_of, to_iso
+from deepselfie.catalog import MediaRecord, PostRecord, host_of, to_iso
 
 OPT_OUT_TAGS = ("nobot", "noindex")
 _OPT_OUT = re.compile(r"#(nobot|noindex)\b", re.IGNORECASE)

@@ -23,7 +23,7 @@ import urllib.parse
 from deepselfie.console import get_logger, progress, summary
 from deepselfie.errors import UserError
 
-from .catalog import Catalog, host_of, utcnow
+from deepselfie.catalog import Catalog, host_of, utcnow
 from .downloader import Downloader
 from .fetch import Fetcher, FetchError
 from .folder import import_folder, read_metadata

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from scrape.catalog import Catalog, MediaRecord, PostRecord
+from deepselfie.catalog import Catalog, MediaRecord, PostRecord
 
 FETCHED = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
 

@@ -1,5 +1,5 @@
 """Corpora for the scrape tests: real photos (scikit-image's sample images, cropped and
-re-encoded here) behind loopback Mastodon-API servers (scrape.testserver)."""
+re-encoded here) behind loopback Mastodon-API servers (mastodon_server)."""
 from __future__ import annotations
 
 import functools
@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from scrape import testserver as ts
+import mastodon_server as ts
 
 BASES = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry",
          "hubble_deep_field", "colorwheel", "moon"]

@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 
 from deepselfie.errors import UserError
-from scrape.catalog import EXPORT_KEYS, SCHEMA_VERSION, Catalog, MediaRecord, PostRecord, to_iso
+from deepselfie.catalog import EXPORT_KEYS, SCHEMA_VERSION, Catalog, MediaRecord, PostRecord, to_iso
 
 
 def _post(uri="https://a.example/p/1", likes=3, **kw):

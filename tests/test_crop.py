@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from deepselfie.cli import main
-from models.crop import CropSearch, crop_box, search_crop
-from models.score import Scorer, load_bgr
+from models.selfie.crop import CropSearch, crop_box, search_crop
+from models.selfie.score import Scorer, load_bgr
 from nets import bright_net, skimage_photos
 
 
@@ -132,7 +132,7 @@ def test_crops_written_inside_the_source_folder_are_not_cropped_again(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(dict(skimage_photos())["rocket"]).save(folder / "rocket.jpg")
-    from models.crop import crop_images
+    from models.selfie.crop import crop_images
     for _ in range(2):
         records, failed = crop_images(scorer, folder, folder / "crops", CropSearch(rounds=1),
                                       show_progress=False)

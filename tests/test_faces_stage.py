@@ -8,7 +8,7 @@ from PIL import Image
 
 from deepselfie.config import load_config
 from faces_support import iou, models_dir, photo  # noqa: F401
-from scrape.catalog import Catalog
+from deepselfie.catalog import Catalog
 
 ASTRONAUT_FACE = (178, 58, 268, 180)
 

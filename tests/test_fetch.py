@@ -6,7 +6,7 @@ import pytest
 
 from deepselfie.errors import UserError
 from httpserver import FileServer
-from models import fetch
+from models.selfie import weights as fetch
 
 WEIGHTS = bytes(range(256)) * 4096          # 1 MiB of "weights"
 SHA1 = hashlib.sha1(WEIGHTS).hexdigest()

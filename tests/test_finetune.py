@@ -37,7 +37,7 @@ def labeled(tmp_path, cli, monkeypatch):
                           image=i, faces=1))
     make_catalog(data, specs)
     # replace the generated images by ones whose "likes" follow a visible property
-    from scrape.catalog import Catalog
+    from deepselfie.catalog import Catalog
     with Catalog(data / "catalog.sqlite") as cat:
         rows = cat.execute("SELECT p.uri, p.likes, i.path FROM posts p JOIN media m ON "
                            "m.post_id = p.id JOIN images i ON i.sha256 = m.sha256").fetchall()

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from deepselfie.config import load_config
-from scrape.catalog import Catalog
+from deepselfie.catalog import Catalog
 from scrape.stage import run_scrape
 from scrape_corpus import HTML, photo, snapshot
 

@@ -15,7 +15,7 @@ from label.mean import read_binaryproto
 from label.resize import cv_resize_linear
 from label.stage import run_label
 from labelkit import Spec, make_catalog, lmdb_items
-from scrape.catalog import Catalog
+from deepselfie.catalog import Catalog
 
 SETTINGS = ["label.group_size=4", "label.tag_bonus=0.5", "label.min_followers=10",
             "label.max_followers=1000", "label.max_tags=3", "label.min_faces=1",

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scrape.catalog import to_iso
+from deepselfie.catalog import to_iso
 from scrape.mastodon import Skip, home_status_api, parse_attachment, parse_status
 
 DATA = pathlib.Path(__file__).parent / "data"

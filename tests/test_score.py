@@ -8,7 +8,7 @@ from PIL import Image
 
 import models.caffe as caffe
 from deepselfie.errors import UserError
-from models.score import Preprocess, Scorer, load_bgr, read_mean
+from models.selfie.score import Preprocess, Scorer, load_bgr, read_mean
 
 # A deploy net whose "good" probability grows with brightness: global average, then a fixed
 # 2-way inner product.

@@ -6,8 +6,8 @@ import pytest
 
 from deepselfie.config import load_config
 from deepselfie.errors import UserError
-from scrape import testserver as ts
-from scrape.catalog import EXPORT_KEYS, Catalog
+import mastodon_server as ts
+from deepselfie.catalog import EXPORT_KEYS, Catalog
 from scrape.stage import run_scrape
 from scrape_corpus import HTML, bomb_png, build_two_servers, photo, snapshot, when
 

@@ -4,7 +4,7 @@ import time
 import pytest
 from requests.structures import CaseInsensitiveDict
 
-from scrape import testserver as ts
+import mastodon_server as ts
 from scrape.fetch import Fetcher, FetchError, _short
 from scrape.pacing import Pacer, seconds_until
 

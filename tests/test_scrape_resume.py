@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from scrape import testserver as ts
+import mastodon_server as ts
 from scrape_corpus import HTML, bomb_png, build_two_servers, photo, snapshot, when
 
 TOKEN = "resume-token"

@@ -15,9 +15,9 @@ import pytest
 import requests
 from PIL import Image
 
-from models.crop import CropSearch
-from models.score import Scorer, load_bgr, write_scores
-from models.serve import App, Reference, parse_multipart, start_in_thread
+from models.selfie.crop import CropSearch
+from models.selfie.score import Scorer, load_bgr, write_scores
+from deepselfie.serve.server import App, Reference, parse_multipart, start_in_thread
 from conftest import ROOT
 from nets import bright_net, skimage_photos
 

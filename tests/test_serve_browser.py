@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.crop import CropSearch
-from models.score import Scorer, load_bgr, write_scores
-from models.serve import App, Reference, start_in_thread
+from models.selfie.crop import CropSearch
+from models.selfie.score import Scorer, load_bgr, write_scores
+from deepselfie.serve.server import App, Reference, start_in_thread
 from nets import bright_net, skimage_photos
 
 BROWSER = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",

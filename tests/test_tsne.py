@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from deepselfie.cli import main
-from models.score import Scorer, write_scores
-from models.tsne import collect_features, embed, grid_shape, snap_to_grid, tsne_map
+from models.selfie.score import Scorer, write_scores
+from deepselfie.report.tsne_map import collect_features, embed, grid_shape, snap_to_grid, tsne_map
 from nets import bright_net, skimage_photos
 
 

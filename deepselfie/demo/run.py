@@ -116,12 +116,12 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
     import torch
 
     from label.stage import run_label
-    from models import pictures
-    from models.caffe_tool import train
+    from deepselfie.report import pictures
+    from models.caffe.tool import train
     from models.faces.stage import scan
-    from models.score import Scorer
+    from models.selfie.score import Scorer
     from scrape.stage import run_scrape
-    from scrape.testserver import MastodonAPIServer
+    from .mastodon import MastodonAPIServer
 
     size = QUICK if quick else FULL
     cfg["paths"]["data_dir"] = str(cfg.data_dir.resolve())   # solver paths must not depend on cwd
@@ -244,21 +244,3 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
     summary("demo", f"held-out accuracy {test_acc:.1%} on {len(test_scored)} test images; "
                     f"report: {report_dir / 'index.html'}")
     return out
-
-
-def register(subparsers, common):
-    p = subparsers.add_parser(
-        "demo", parents=[common], help="the whole pipeline on an embedded synthetic corpus",
-        description="Scrape a synthetic #selfie corpus from an embedded Mastodon-API server on "
-                    "127.0.0.1, filter faces, label, train the small net on the CPU, score a "
-                    "held-out folder and write a report. Default data dir: data/demo.")
-    p.add_argument("--quick", action="store_true", help="a small corpus and few iterations")
-    p.add_argument("--seed", type=int, default=0, help="corpus seed")
-    p.set_defaults(func=_run)
-
-
-def _run(args, cfg):
-    if args.data_dir is None:
-        cfg["paths"]["data_dir"] = str(pathlib.Path(cfg["paths"]["data_dir"]) / "demo")
-    run_demo(cfg, quick=args.quick, seed=args.seed)
-    return 0

@@ -1,9 +1,5 @@
-"""``deepselfie faces``: mark every downloaded image in the catalog with its faces.
-
-    deepselfie faces                    scan the images not scanned yet (--rescan: all of them)
-    deepselfie faces --image P --json   the faces of one photo, as JSON on stdout
-    deepselfie faces --image P --draw OUT.png
-    deepselfie faces --fetch-weights    download and convert the MTCNN weights, then stop
+"""The face stage: mark every downloaded image in the catalog with its faces (``scan``), or look
+at one photo (``detect_one``). ``deepselfie faces`` (deepselfie/cli/faces.py) calls these.
 
 Each image gets a ``face_scans`` row (face count, the largest face's share of the image, the
 detector's settings) and one ``faces`` row per face (box, score, landmarks), written batch by
@@ -19,36 +15,6 @@ from deepselfie.console import get_logger, progress, summary
 from deepselfie.errors import UserError
 
 log = get_logger("faces")
-
-
-def register(subparsers, common):
-    p = subparsers.add_parser(
-        "faces", parents=[common], help="find the faces in downloaded images (MTCNN)",
-        description="Mark every downloaded image in the catalog with its faces (MTCNN's "
-                    "P-Net, R-Net and O-Net run as Caffe nets), or look at one photo.")
-    p.add_argument("--rescan", action="store_true",
-                   help="scan images that were scanned before, too")
-    p.add_argument("--image", metavar="PATH", help="detect faces in this one photo instead")
-    p.add_argument("--json", action="store_true",
-                   help="with --image: print {\"faces\": [{box, score, landmarks}, ...]}")
-    p.add_argument("--draw", metavar="OUT.png", help="with --image: write the photo with boxes")
-    p.add_argument("--fetch-weights", action="store_true",
-                   help="download and convert the MTCNN weights, then stop")
-    p.set_defaults(func=run)
-
-
-def run(args, cfg) -> int:
-    if (args.json or args.draw) and not args.image:
-        raise UserError("goes with --image PATH", field="--json" if args.json else "--draw")
-    detector_settings(cfg)          # a bad faces.* value is reported before any work
-    if args.fetch_weights:
-        folder = fetch_weights(cfg)
-        summary("faces", f"MTCNN weights ready in {folder}")
-        return 0
-    if args.image:
-        return detect_one(cfg, args.image, as_json=args.json, draw=args.draw)
-    scan(cfg, rescan=args.rescan)
-    return 0
 
 
 # ---------------------------------------------------------------- the detector from config
@@ -134,7 +100,7 @@ def detect_one(cfg, path, *, as_json=False, draw=None) -> int:
 def scan(cfg, *, rescan: bool = False) -> dict:
     """The stage: detect faces in every catalog image not scanned yet (all with ``rescan``),
     record them, print the summary line; returns the summary as a dict."""
-    from scrape.catalog import Catalog
+    from deepselfie.catalog import Catalog
     with Catalog(cfg.catalog_path, create=False) as cat:
         total = cat.execute("SELECT COUNT(*) FROM images").fetchone()[0]
         todo = cat.execute(
@@ -176,7 +142,7 @@ def scan(cfg, *, rescan: bool = False) -> dict:
 
 
 def _scan_batch(cat, cfg, detector, name, batch, result):
-    from scrape.catalog import utcnow
+    from deepselfie.catalog import utcnow
 
     from .image import load_rgb
     loaded = []

@@ -1,4 +1,4 @@
-"""A Mastodon-API server on 127.0.0.1, for the tests, the benchmark and the demo.
+"""A Mastodon-API server on 127.0.0.1: what the demo scrapes, and the base of the tests' server.
 
 It serves whatever statuses and files it is given, the way Mastodon (or Pixelfed) does:
 
@@ -9,54 +9,21 @@ It serves whatever statuses and files it is given, the way Mastodon (or Pixelfed
   GET /api/v1/statuses/<id>
   GET <any path added with add_file>        the bytes, with their content type
 
-Options: an access token the API requires (401 without it), a latency per request, a rate limit
-(X-RateLimit-Limit/Remaining/Reset on API responses, Reset an ISO-8601 time; past the limit a 429
-without Retry-After, like Mastodon's), tags that answer 404.
-
-Faults, queued per path (and optionally per query) with ``fail(path, *faults)`` and used up one
-per request, or for every request with ``fail_always``:
-  "429"        429 with an ISO X-RateLimit-Reset ``reset_after`` seconds ahead, no Retry-After
-  "retry-after:N"  429 with Retry-After: N (seconds)
-  "500", "502", "503", "404", ...   that status with a JSON error body
-  "timeout"    answer only after ``slow_seconds``
-  "reset"      send the headers and half the body, then reset the connection (RST)
-  "truncate"   a shorter body, consistently framed (a truncated file)
-  "malformed"  200 with broken JSON
-  "html"       200 with an HTML page
-  "redirect:URL"  302 to URL (any scheme)
-
-``requests`` records every request (time, path, query, status, headers) for the tests to read.
-
-The builders ``account``, ``attachment`` and ``status`` make realistic Mastodon JSON.
+The builders ``account``, ``attachment`` and ``status`` make realistic Mastodon JSON. The tests'
+server (tests/mastodon_server.py) adds access tokens, latency, rate limits and faults through the
+``respond`` hook.
 """
 from __future__ import annotations
 
-import datetime as dt
 import http.server
 import json
 import socket
 import struct
 import threading
-import time
 import urllib.parse
-from dataclasses import dataclass, field
 
 TIMELINE = "/api/v1/timelines/tag/"
 STATUS = "/api/v1/statuses/"
-
-
-@dataclass
-class Request:
-    time: float
-    path: str
-    query: dict
-    status: int = 0
-    headers: dict = field(default_factory=dict)
-
-
-def _iso(t: float) -> str:
-    return (dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="microseconds")
-            .replace("+00:00", "Z"))
 
 
 def _id_key(s) -> tuple:
@@ -65,24 +32,16 @@ def _id_key(s) -> tuple:
 
 
 class MastodonAPIServer:
-    def __init__(self, *, flavor: str = "mastodon", token: str | None = None,
-                 latency: float = 0.0, rate_limit: tuple[int, float] | None = None,
-                 reset_after: float = 1.0, slow_seconds: float = 2.0):
+    """Statuses and files on a threaded HTTP server at 127.0.0.1:<free port>."""
+
+    def __init__(self, *, flavor: str = "mastodon"):
         if flavor not in ("mastodon", "pixelfed"):
             raise ValueError("flavor must be mastodon or pixelfed")
         self.flavor = flavor
-        self.token = token
-        self.latency = latency
-        self.rate_limit = rate_limit
-        self.reset_after = reset_after
-        self.slow_seconds = slow_seconds
         self.statuses: list[dict] = []
         self.files: dict[str, tuple[bytes, str]] = {}
         self.missing_tags: set[str] = set()
-        self.requests: list[Request] = []
-        self._faults: list[list] = []    # [path, query or None, [faults...], always]
         self._lock = threading.Lock()
-        self._window = (0.0, 0)          # rate limit: window start, requests in it
         self._httpd: http.server.ThreadingHTTPServer | None = None
         self._url = ""
         self._thread: threading.Thread | None = None
@@ -131,67 +90,19 @@ class MastodonAPIServer:
             self.files[path] = (data, content_type)
         return self.url + path
 
-    def fail(self, path: str, *faults: str, query: dict | None = None) -> None:
-        """The next requests for ``path`` (with ``query`` among their params) get ``faults``."""
-        with self._lock:
-            self._faults.append([path, query, list(faults), False])
-
-    def fail_always(self, path: str, fault: str, query: dict | None = None) -> None:
-        with self._lock:
-            self._faults.append([path, query, [fault], True])
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def requests_to(self, path: str) -> list[Request]:
-        with self._lock:
-            return [r for r in self.requests if r.path == path]
-
     # ------------------------------------------------------------ serving
-    def _take_fault(self, path: str, query: dict) -> str | None:
-        with self._lock:
-            for entry in self._faults:
-                p, q, faults, always = entry
-                if p != path or not faults:
-                    continue
-                if q and any(query.get(k) != str(v) for k, v in q.items()):
-                    continue
-                return faults[0] if always else faults.pop(0)
-        return None
+    def respond(self, path: str, query: dict, headers) -> tuple[int, dict, bytes, int | None]:
+        """One GET -> (status, headers, body, cut). ``cut`` is None, or how many body bytes to
+        send before resetting the connection (the tests' server uses it for faults)."""
+        return (*self.route(path, query, headers), None)
 
-    def _rate_headers(self) -> tuple[dict, bool]:
-        """Rate-limit headers for one API request -> (headers, over the limit?)."""
-        if not self.rate_limit:
-            return {}, False
-        limit, window = self.rate_limit
-        with self._lock:
-            now = time.time()
-            start, used = self._window
-            if now >= start + window:
-                start, used = now, 0
-            used += 1
-            self._window = (start, used)
-        headers = {"X-RateLimit-Limit": str(limit),
-                   "X-RateLimit-Remaining": str(max(0, limit - used)),
-                   "X-RateLimit-Reset": _iso(start + window)}
-        return headers, used > limit
-
-    def _route(self, path: str, query: dict, headers) -> tuple[int, dict, bytes]:
-        if path.startswith(("/api/",)):
-            if self.token and headers.get("Authorization") != f"Bearer {self.token}":
-                return _json(401, {"error": "The access token is invalid"})
-            rate, over = self._rate_headers()
-            if over:
-                status, hdrs, body = _json(429, {"error": "Too many requests"})
-            elif path.startswith(TIMELINE):
-                status, hdrs, body = self._timeline(path[len(TIMELINE):], query)
-            elif path.startswith(STATUS):
-                status, hdrs, body = self._status(path[len(STATUS):])
-            else:
-                status, hdrs, body = _json(404, {"error": "Record not found"})
-            hdrs.update(rate)
-            return status, hdrs, body
+    def route(self, path: str, query: dict, headers) -> tuple[int, dict, bytes]:
+        if path.startswith("/api/"):
+            if path.startswith(TIMELINE):
+                return self._timeline(path[len(TIMELINE):], query)
+            if path.startswith(STATUS):
+                return self._status(path[len(STATUS):])
+            return json_response(404, {"error": "Record not found"})
         with self._lock:
             item = self.files.get(path)
         if item is None:
@@ -201,7 +112,7 @@ class MastodonAPIServer:
     def _timeline(self, tag: str, query: dict) -> tuple[int, dict, bytes]:
         tag = urllib.parse.unquote(tag).lower()
         if tag in self.missing_tags:
-            return _json(404, {"error": "Record not found"})
+            return json_response(404, {"error": "Record not found"})
         try:
             limit = max(1, min(40, int(query.get("limit", 20))))
         except ValueError:
@@ -219,7 +130,7 @@ class MastodonAPIServer:
         if "min_id" in query:   # the page just above min_id, still newest first
             items = [s for s in items if _id_key(s["id"]) > _id_key(query["min_id"])][-limit:]
         page = items[:limit]
-        status, headers, body = _json(200, page)
+        status, headers, body = json_response(200, page)
         if self.flavor == "mastodon" and page:
             base = f"{self.url}{TIMELINE}{urllib.parse.quote(tag)}"
             keep = {k: v for k, v in query.items() if k in ("limit", "only_media")}
@@ -235,10 +146,11 @@ class MastodonAPIServer:
     def _status(self, status_id: str) -> tuple[int, dict, bytes]:
         with self._lock:
             found = next((s for s in self.statuses if str(s.get("id")) == status_id), None)
-        return _json(200, found) if found else _json(404, {"error": "Record not found"})
+        return (json_response(200, found) if found
+                else json_response(404, {"error": "Record not found"}))
 
 
-def _json(status: int, obj) -> tuple[int, dict, bytes]:
+def json_response(status: int, obj) -> tuple[int, dict, bytes]:
     return status, {"Content-Type": "application/json; charset=utf-8"}, json.dumps(obj).encode()
 
 
@@ -258,42 +170,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             pass
 
     def do_GET(self):
-        api = self.api
         parts = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parts.query).items()}
-        record = Request(time.time(), parts.path, query, headers=dict(self.headers))
-        with api._lock:
-            api.requests.append(record)
-        if api.latency:
-            time.sleep(api.latency)
-        fault = api._take_fault(parts.path, query)
-        if fault == "timeout":
-            time.sleep(api.slow_seconds)
-            fault = None
-        status, headers, body = api._route(parts.path, query, self.headers)
-        cut = None
-        if fault == "429":
-            status, headers, body = _json(429, {"error": "Too many requests"})
-            headers.update({"X-RateLimit-Limit": "300", "X-RateLimit-Remaining": "0",
-                            "X-RateLimit-Reset": _iso(time.time() + api.reset_after)})
-        elif fault and fault.startswith("retry-after:"):
-            status, headers, body = _json(429, {"error": "Too many requests"})
-            headers["Retry-After"] = fault.split(":", 1)[1]
-        elif fault and fault.isdigit():
-            status, headers, body = _json(int(fault), {"error": f"fault {fault}"})
-        elif fault == "malformed":
-            status, headers, body = 200, {"Content-Type": "application/json"}, b'[{"id": "1", "uri'
-        elif fault == "html":
-            status, headers, body = 200, {"Content-Type": "text/html; charset=utf-8"}, (
-                b"<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
-                b"<body>Checking your browser</body></html>")
-        elif fault and fault.startswith("redirect:"):
-            status, headers, body = 302, {"Location": fault[len("redirect:"):]}, b""
-        elif fault == "truncate":
-            body = body[: len(body) // 2]
-        elif fault == "reset":
-            cut = len(body) // 2
-        record.status = status
+        status, headers, body, cut = self.api.respond(parts.path, query, self.headers)
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)

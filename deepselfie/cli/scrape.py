@@ -46,7 +46,7 @@ def register(subparsers, common) -> None:
 
 
 def run_scrape_command(args, cfg) -> int:
-    from .stage import run_scrape
+    from scrape.stage import run_scrape
     run_scrape(cfg, source=args.source, servers=args.servers, tags=args.tags,
                max_posts=args.max_posts, folder=args.folder, metadata=args.metadata,
                concurrency=args.concurrency)
@@ -54,7 +54,7 @@ def run_scrape_command(args, cfg) -> int:
 
 
 def run_stats(args, cfg) -> int:
-    from .catalog import Catalog
+    from deepselfie.catalog import Catalog
     with Catalog(cfg.catalog_path, create=False) as cat:
         stats = cat.stats()
         stats["schema_version"] = cat.version
@@ -90,7 +90,7 @@ def _detail(groups: dict) -> str:
 
 
 def run_export(args, cfg) -> int:
-    from .catalog import Catalog
+    from deepselfie.catalog import Catalog
     with Catalog(cfg.catalog_path, create=False) as cat:
         if args.output is None:
             for row in cat.export_rows():

@@ -30,12 +30,12 @@ import numpy as np
 from deepselfie.console import get_logger
 from deepselfie.errors import UserError
 
-from .crop import CropSearch, cut_box, search_crop
-from .score import ImageTooLarge, UnreadableImage, list_images, load_bgr, read_scores
+from models.selfie.crop import CropSearch, cut_box, search_crop
+from models.selfie.score import ImageTooLarge, UnreadableImage, list_images, load_bgr, read_scores
 
 log = get_logger("serve")
 
-PAGE_FILE = pathlib.Path(__file__).with_name("serve_page.html")
+PAGE_FILE = pathlib.Path(__file__).with_name("page.html")
 DRAIN_LIMIT = 256 * 1024 * 1024     # an oversized body is read and dropped up to this, then cut
 
 

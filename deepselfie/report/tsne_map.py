@@ -25,7 +25,7 @@ from deepselfie.console import get_logger
 from deepselfie.errors import UserError
 from deepselfie.files import atomic_open, atomic_write
 
-from .score import list_images, read_scores
+from models.selfie.score import list_images, read_scores
 
 log = get_logger("tsne")
 

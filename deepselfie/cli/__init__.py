@@ -10,20 +10,20 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .config import load_config
-from .console import setup_logging
-from .errors import UserError
+from deepselfie import __version__
+from deepselfie.config import load_config
+from deepselfie.console import setup_logging
+from deepselfie.errors import UserError
 
 # The modules that register subcommands, in the order --help lists them.
 STAGE_MODULES = [
-    "scrape.cli",          # scrape, catalog
-    "models.faces.stage",  # faces
-    "label.cli",           # label
-    "models.caffe_tool",   # train, test, time: Caffe's tool
-    "models.cli",          # score, fetch-weights
-    "models.cli_beyond",   # crop, tsne, serve
-    "deepselfie.demo.run", # demo
+    "deepselfie.cli.scrape",  # scrape, catalog
+    "deepselfie.cli.faces",   # faces
+    "deepselfie.cli.label",   # label
+    "deepselfie.cli.caffe",   # train, test, time: Caffe's tool
+    "deepselfie.cli.score",   # score, fetch-weights
+    "deepselfie.cli.beyond",  # crop, tsne, serve
+    "deepselfie.cli.demo",    # demo
 ]
 
 

@@ -56,7 +56,7 @@ def make_scorer(args, cfg):
     import torch
 
     from deepselfie.errors import UserError
-    from models.score import Scorer
+    from models.selfie.score import Scorer
 
     sc = cfg.score
     weights = args.weights or sc.weights
@@ -75,7 +75,7 @@ def make_scorer(args, cfg):
 
 def run_fetch(args, cfg):
     from deepselfie.console import summary
-    from models.fetch import fetch_model
+    from models.selfie.weights import fetch_model
     files = fetch_model(args.name, cfg.models_dir, url=args.url, path=args.path, sha1=args.sha1,
                         verify=not args.no_verify, retries=args.retries)
     for f in files:
@@ -86,8 +86,8 @@ def run_fetch(args, cfg):
 
 def run_score(args, cfg):
     from deepselfie.console import summary
-    from models import pictures
-    from models.score import list_images, write_scores
+    from deepselfie.report import pictures
+    from models.selfie.score import list_images, write_scores
 
     sc = cfg.score
     scorer = make_scorer(args, cfg)

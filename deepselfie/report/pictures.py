@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from deepselfie.files import atomic_path, atomic_write
 
-from .score import UnreadableImage, load_bgr
+from models.selfie.score import UnreadableImage, load_bgr
 
 
 def thumbnail(path, size: int) -> Image.Image:

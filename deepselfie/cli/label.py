@@ -16,6 +16,6 @@ def register(subparsers, common):
 
 
 def run(args, cfg):
-    from .stage import run_label
+    from label.stage import run_label
     run_label(cfg, run_name=args.run)
     return 0

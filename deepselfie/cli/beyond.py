@@ -1,10 +1,10 @@
 """CLI past the article: ``deepselfie crop``, ``deepselfie tsne`` and ``deepselfie serve``. Each
-builds the Scorer the same way ``deepselfie score`` does (models.cli.make_scorer)."""
+builds the Scorer the same way ``deepselfie score`` does (deepselfie.cli.score.make_scorer)."""
 from __future__ import annotations
 
 import sys
 
-from .cli import add_model_options, make_scorer
+from .score import add_model_options, make_scorer
 
 
 def register(sub, common):
@@ -49,7 +49,7 @@ def register(sub, common):
 
 def run_crop(args, cfg):
     from deepselfie.console import summary
-    from models.crop import CropSearch, crop_images
+    from models.selfie.crop import CropSearch, crop_images
 
     search = CropSearch.from_config(cfg.crop, seed=args.seed, min_scale=args.min_scale,
                                     rounds=args.rounds)
@@ -68,7 +68,7 @@ def run_crop(args, cfg):
 
 def run_tsne(args, cfg):
     from deepselfie.console import summary
-    from models.tsne import tsne_map
+    from deepselfie.report.tsne_map import tsne_map
 
     t = cfg.tsne
     out = args.out or t.out_dir or cfg.data_dir / "tsne"
@@ -91,8 +91,8 @@ def run_serve(args, cfg):
     import signal
 
     from deepselfie.console import summary
-    from models.crop import CropSearch
-    from models.serve import App, Reference, make_server
+    from models.selfie.crop import CropSearch
+    from deepselfie.serve.server import App, Reference, make_server
 
     sv = cfg.serve
     scorer = make_scorer(args, cfg)

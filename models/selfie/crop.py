@@ -12,7 +12,7 @@ too, so the best never scores below the original. Candidates are cut from a copy
 shrunk just enough that the smallest crop still has the net's resolution; the winners are scored
 again from the full-resolution photo, so the reported score is the score of the crop written.
 
-    from models.crop import CropSearch, search_crop
+    from models.selfie.crop import CropSearch, search_crop
     result = search_crop(scorer, load_bgr("me.jpg"), CropSearch(seed=0))
     result.box, result.score, result.original_score
 """
@@ -224,7 +224,7 @@ def crop_images(scorer, source, out_dir, search: CropSearch = CropSearch(),
     reused. Returns (records, [(path, reason)] for skipped files)."""
     from PIL import Image
 
-    from . import pictures
+    from deepselfie.report import pictures
 
     source = pathlib.Path(source)
     out_dir = pathlib.Path(out_dir)

@@ -510,7 +510,7 @@ class Catalog:
 
 def _by_kind(rows) -> dict:
     """(status, reason, n) rows -> {'status: reason kind': n}, most frequent first."""
-    from .tally import reason_kind
+    from scrape.tally import reason_kind
     counts: dict = {}
     for status, reason, n in rows:
         key = f"{status}: {reason_kind(reason)}"

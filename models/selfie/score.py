@@ -1,6 +1,6 @@
 """Score images with a trained deploy net: the probability of "good".
 
-    from models.score import Scorer
+    from models.selfie.score import Scorer
     scorer = Scorer("prototxt/selfie_vgg16_deploy.prototxt", "snap_iter_1000.caffemodel",
                     mean="data/labels/mean.binaryproto")
     results, failed = scorer.score_paths(paths)       # [(path, score)], [(path, reason)]
@@ -119,7 +119,7 @@ def read_mean(spec) -> np.ndarray:
             values = np.asarray(data.get("bgr", data) if isinstance(data, dict) else data,
                                 dtype=np.float32)
         else:
-            from .caffe.protoio import read_blobproto
+            from models.caffe.protoio import read_blobproto
             arr = read_blobproto(p)
             arr = arr.reshape(arr.shape[-3:]) if arr.ndim >= 3 else arr
             values = arr.reshape(arr.shape[0], -1).mean(axis=1)
@@ -184,8 +184,8 @@ class Scorer:
     def __init__(self, deploy, weights, *, mean=None, resize="squash", base=None, scale=1.0,
                  batch_size=16, device=None, fast=False, good_class=1, output=None,
                  workers=None):
-        from . import caffe
-        from .caffe.state import resolve_device
+        from models import caffe
+        from models.caffe.state import resolve_device
         self.deploy, self.weights = pathlib.Path(deploy), pathlib.Path(weights)
         self.net = caffe.Net(str(deploy), str(weights), caffe.TEST,
                              device=resolve_device(device), fast=fast)

@@ -1,0 +1,136 @@
+"""``deepselfie train | test | time``: Caffe's command-line tool, with the caffe tool's flags
+(single-dash spellings too: ``deepselfie train -solver s.prototxt -weights w.caffemodel``):
+
+    deepselfie train --solver S [--weights W1,W2 | --snapshot X.solverstate] [--gpu 0|0,1|all]
+                     [--backend torch|caffe] [--fast] [--sigint_effect E] [--sighup_effect E]
+    deepselfie test  --model M --weights W [--iterations 50] [--gpu 0]
+    deepselfie time  --model M [--iterations 50] [--gpu 0]
+
+This module stays light (--help imports it); the runtime comes in when a command runs.
+"""
+from __future__ import annotations
+
+EFFECTS = ("stop", "snapshot", "none")
+
+
+def _flag(parser, name, **kw):
+    """An option spelled both ways: Caffe's ``-name`` and the usual ``--name``."""
+    parser.add_argument(f"-{name}", f"--{name}", dest=name, **kw)
+
+
+def register(subparsers, common):
+    t = subparsers.add_parser(
+        "train", parents=[common], help="train a net from a Caffe solver prototxt (caffe train)",
+        description="Train as `caffe train` does: the solver prototxt drives everything; paths "
+                    "in it are relative to the working directory. Snapshots, the log, the "
+                    "metrics (JSON lines) and the training-curve PNG go beside snapshot_prefix.")
+    _flag(t, "solver", required=True, metavar="SOLVER.prototxt", help="the solver definition")
+    _flag(t, "weights", metavar="W1[,W2...]",
+          help="fine-tune from these .caffemodel files (layers matched by name)")
+    _flag(t, "snapshot", metavar="X.solverstate", help="resume training from a solver state")
+    _device_flags(t)
+    _flag(t, "backend", choices=("torch", "caffe"), default=None,
+          help="torch (this runtime) or caffe (real pycaffe); default: runtime.backend")
+    _flag(t, "sigint_effect", choices=EFFECTS, default=None,
+          help="on SIGINT (Ctrl-C): stop (then snapshot_after_train writes a snapshot), snapshot "
+               "and go on, or none; default: train.sigint_effect (stop)")
+    _flag(t, "sighup_effect", choices=EFFECTS, default=None,
+          help="on SIGHUP; default: train.sighup_effect (snapshot)")
+    t.set_defaults(func=run_train)
+
+    s = subparsers.add_parser(
+        "test", parents=[common], help="score a trained net on its TEST phase (caffe test)",
+        description="Run the TEST phase of a net for N batches and print each output averaged "
+                    "over them, as `caffe test` does.")
+    _flag(s, "model", required=True, metavar="NET.prototxt", help="the net definition")
+    _flag(s, "weights", required=True, metavar="W1[,W2...]", help="the trained .caffemodel")
+    _flag(s, "iterations", type=int, default=50, metavar="N", help="batches to run (50)")
+    _device_flags(s)
+    s.set_defaults(func=run_test)
+
+    m = subparsers.add_parser(
+        "time", parents=[common], help="time a net's layers forward and backward (caffe time)",
+        description="Run forward and backward passes of a net (TRAIN phase) and print each "
+                    "layer's average forward and backward time, as `caffe time` does.")
+    _flag(m, "model", required=True, metavar="NET.prototxt", help="the net definition")
+    _flag(m, "iterations", type=int, default=50, metavar="N", help="passes to time (50)")
+    _device_flags(m)
+    m.set_defaults(func=run_time)
+
+
+def _device_flags(p):
+    _flag(p, "gpu", metavar="0|0,1|all", default=None,
+          help="GPU ids, or all (falls back to the CPU with a warning when CUDA is missing); "
+               "default: the solver's solver_mode, else runtime.device")
+    _flag(p, "fast", action="store_true", default=None,
+          help="bf16 autocast and channels_last (faster, not bit-exact); default: runtime.fast")
+    _flag(p, "level", type=int, default=0, help="the net state's level (0)")
+    _flag(p, "stage", default="", metavar="S1,S2", help="the net state's stages")
+
+
+# ---------------------------------------------------------------- CLI glue
+
+def run_train(args, cfg):
+    _apply_threads(cfg)
+    from models.caffe.tool import train
+    result = train(
+        args.solver, weights=args.weights, snapshot=args.snapshot, gpu=args.gpu,
+        backend=args.backend or cfg.runtime.backend,
+        fast=cfg.runtime.fast if args.fast is None else args.fast,
+        sigint_effect=args.sigint_effect or cfg.train.sigint_effect,
+        sighup_effect=args.sighup_effect or cfg.train.sighup_effect,
+        level=args.level, stages=_stages(args.stage), default_device=cfg.runtime.device,
+        metrics=cfg.train.metrics, curve_interval_s=cfg.train.curve_interval_s,
+        relaunch_argv=_relaunch_argv(args))
+    return result if isinstance(result, int) else 0
+
+
+def run_test(args, cfg):
+    _apply_threads(cfg)
+    from models.caffe.tool import test
+    test(args.model, args.weights, args.iterations, gpu=args.gpu,
+         fast=cfg.runtime.fast if args.fast is None else args.fast, level=args.level,
+         stages=_stages(args.stage), default_device=cfg.runtime.device)
+    return 0
+
+
+def run_time(args, cfg):
+    _apply_threads(cfg)
+    from models.caffe.tool import time_model
+    time_model(args.model, args.iterations, gpu=args.gpu,
+               fast=cfg.runtime.fast if args.fast is None else args.fast, level=args.level,
+               stages=_stages(args.stage), default_device=cfg.runtime.device)
+    return 0
+
+
+def _apply_threads(cfg):
+    if cfg.runtime.threads > 0:
+        import torch
+        torch.set_num_threads(cfg.runtime.threads)
+
+
+def _stages(text):
+    return [s for s in (text or "").split(",") if s]
+
+
+def _relaunch_argv(args) -> list:
+    """This train command again, for the per-GPU processes."""
+    argv = ["-m", "deepselfie"]
+    if args.config:
+        argv += ["--config", args.config]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
+    for item in args.overrides:
+        argv += ["--set", item]
+    argv += ["-v"] * args.verbose + (["-q"] if args.quiet else [])
+    argv += ["train", "--solver", args.solver]
+    for name in ("weights", "snapshot", "gpu", "backend", "sigint_effect", "sighup_effect"):
+        value = getattr(args, name)
+        if value is not None:
+            argv += [f"--{name}", str(value)]
+    if args.fast:
+        argv.append("--fast")
+    argv += ["--level", str(args.level)]
+    if args.stage:
+        argv += ["--stage", args.stage]
+    return argv
