@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from deepselfie.cli import main
+from models.selfie.features import collect_features
 from models.selfie.score import Scorer, write_scores
-from deepselfie.report.tsne_map import collect_features, embed, grid_shape, snap_to_grid, tsne_map
+from deepselfie.report.tsne_map import embed, grid_shape, snap_to_grid, tsne_map
 from nets import bright_net, skimage_photos
 
 
