@@ -1,4 +1,4 @@
-"""Shared test fixtures: where ../shared lives, and the gpu/pycaffe markers' skips."""
+"""Shared test fixtures: where the golden cases live, and the gpu/pycaffe markers' skips."""
 import importlib.util
 import os
 import pathlib
@@ -9,7 +9,12 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-GOLDEN = SHARED / "caffe-golden"
+# The golden cases real Caffe computed, copied into the repository (PROVENANCE.md there);
+# ../shared/caffe-golden, when present, is the source the copy is kept in step with.
+GOLDEN = ROOT / "tests" / "data" / "caffe-golden"
+# (a git worktree elsewhere names it with DEEPSELFIE_SHARED_GOLDEN).
+SHARED_GOLDEN = pathlib.Path(os.environ.get("DEEPSELFIE_SHARED_GOLDEN")
+                             or SHARED / "caffe-golden")
 
 # Real Caffe built outside the repo (e.g. /work/caffe-real/python): DEEPSELFIE_PYCAFFE_PATH goes in
 # front of sys.path (for detection and the tests) and of PYTHONPATH (for subprocesses).
@@ -75,11 +80,20 @@ def caffe_bin():
 
 @pytest.fixture
 def golden():
+    """The in-repo golden cases; a missing folder fails the test (it must never vanish)."""
     if not GOLDEN.is_dir():
-        if os.environ.get("DEEPSELFIE_REQUIRE_GOLDEN"):
-            pytest.fail(f"{GOLDEN} is missing and DEEPSELFIE_REQUIRE_GOLDEN is set")
-        pytest.skip(f"{GOLDEN} is not present")
+        pytest.fail(f"{GOLDEN} is missing: the golden cases belong to the repository")
     return GOLDEN
+
+
+def golden_cases(kind: str) -> list:
+    """The case folders of one kind ("nets", "data", "solvers"), the round2/ ones included,
+    as paths relative to GOLDEN ("nets/conv_basic", "round2/nets/dropout_train")."""
+    found = []
+    for base in (GOLDEN / kind, GOLDEN / "round2" / kind):
+        if base.is_dir():
+            found += sorted(str(p.relative_to(GOLDEN)) for p in base.iterdir() if p.is_dir())
+    return found
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600, input=None):

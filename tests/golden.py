@@ -1,4 +1,4 @@
-"""Running a ../shared/caffe-golden case the way its README says, and comparing with its
+"""Running a golden case (tests/data/caffe-golden) the way its README says, and comparing with its
 tolerances: err = max|a - b| / (max|b| + 1e-8)."""
 import json
 import pathlib
@@ -23,6 +23,8 @@ def run_net_case(case: pathlib.Path, caffe):
     """Forward and backward a nets/ case; return (blob errors, diff errors) keyed by name."""
     meta = json.loads((case / "meta.json").read_text())
     phase = caffe.TRAIN if meta["phase"] == "TRAIN" else caffe.TEST
+    if "random_seed" in meta:   # Caffe's fillers run at construction, then TRAIN draws (Dropout)
+        caffe.set_random_seed(meta["random_seed"])
     net = caffe.Net(str(case / "net.prototxt"), str(case / "weights.caffemodel"), phase)
     inputs = np.load(case / "inputs.npz")
     for name in inputs.files:

@@ -1,4 +1,4 @@
-"""Every ../shared/caffe-golden/data case (LMDBs written by Caffe's convert_imageset, batches
+"""Every golden data case (tests/data/caffe-golden/data and round2/data) (LMDBs written by Caffe's convert_imageset, batches
 computed by real Caffe's Data layer) reproduced by the runtime, and the images behind them
 decoded and resized exactly as Caffe's OpenCV did. Cases are discovered from the folder."""
 import json
@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 
 import models.caffe as caffe
-from conftest import GOLDEN
+from conftest import golden_cases
 from models.caffe import cvimage, db, protoio
 from models.caffe.proto import caffe_pb2
 
-DATA = GOLDEN / "data"
-CASES = sorted(p.name for p in DATA.iterdir()) if DATA.is_dir() else []
+CASES = golden_cases("data")            # "data/NAME" and "round2/data/NAME"
 
 
 def test_golden_data_cases_are_present(golden):
@@ -21,11 +20,14 @@ def test_golden_data_cases_are_present(golden):
 
 @pytest.mark.parametrize("name", CASES)
 def test_data_case_matches_caffe(golden, name, monkeypatch):
-    case = golden / "data" / name
+    case = golden / name
     meta = json.loads((case / "meta.json").read_text())
     expected = np.load(case / "expected.npz")
     monkeypatch.chdir(case)                 # Caffe resolves source and mean_file from here
-    net = caffe.Net("net.prototxt", caffe.TEST)
+    phase = caffe.TRAIN if meta.get("phase") == "TRAIN" else caffe.TEST
+    if phase == caffe.TRAIN:                # crops and mirrors come from Caffe's seeded RNG
+        caffe.set_random_seed(meta["random_seed"])
+    net = caffe.Net("net.prototxt", phase)
     for k in range(meta["passes"]):
         net.forward()
         for blob in ("data", "label"):
@@ -51,7 +53,7 @@ def test_golden_images_decode_and_resize_like_caffes_opencv(golden, name):
     """convert_imageset read each image with cv::imread (JPEG through libjpeg, PNG through
     libpng) and resized it with cv::resize; reading and resizing the same files here gives the
     same pixels, bit for bit."""
-    case = golden / "data" / name
+    case = golden / name
     formats = set()
     for key, datum in _records(case):
         image = case / "images" / key.split("_", 1)[1]
