@@ -52,8 +52,14 @@ class DataTransformer:
             self.mean_file = param.mean_file
         elif len(param.mean_value):
             self.mean_values = np.asarray(param.mean_value, dtype=np.float32)
-        # Caffe gives the transformer its own generator when it needs one
         self.needs_rand = self.mirror or (self.train and self.crop > 0)
+        self.stream = None
+        self.init_rand()
+
+    def init_rand(self):
+        """Caffe's ``InitRand``: a generator of its own, seeded from the global one, when the
+        transformer needs one. A prefetching data layer calls it twice (when the transformer
+        is made, and again just before its prefetch thread starts); the second one counts."""
         self.stream = Stream(caffe_rng_rand()) if self.needs_rand else None
 
     # ------------------------------------------------------------ randomness, in Caffe's order

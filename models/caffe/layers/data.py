@@ -156,6 +156,7 @@ class _PrefetchingData(Layer):
         shape = (batch_size,) + self.transformer.output_shape(first_image.shape)
         glog.info(self.log_where, "output data size: " + ",".join(map(str, shape)))
         self._shapes = [shape, (batch_size,)][:len(self.param.top)]
+        self.transformer.init_rand()   # BasePrefetchingDataLayer::LayerSetUp's second InitRand
         rng.caffe_rng_rand()   # Caffe seeds the prefetch thread here; keep the stream in step
         pool = DecodePool(decode_workers(), name=f"decode-{self.name}")
         maker = _BatchMaker(items, reader, self.transformer, batch_size, pool,

@@ -3,9 +3,11 @@ Threshold, Clip, Swish. Each keeps its bottom's shape; gradients are the plain d
 is what Caffe computes."""
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import rng, state
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 
@@ -133,7 +135,8 @@ class BNLL(Neuron):
 @register
 class Dropout(Neuron):
     """TRAIN: keep each value with probability 1 - ratio and scale it by 1 / (1 - ratio);
-    TEST: pass through. Ratio 0 is off."""
+    TEST: pass through. Ratio 0 is off. After ``caffe.set_random_seed`` the mask is Caffe's own
+    (its global generator, drawn at forward); fast mode and unseeded runs use torch's."""
     type = "Dropout"
 
     def forward(self, bottoms, params):
@@ -143,6 +146,15 @@ class Dropout(Neuron):
             return [x.view_as(x)]
         if x.device.type == "meta":
             return [x * 1.0]
+        if rng.seeded() and not state.fast():
+            # Caffe's mask: caffe_rng_bernoulli(count, 1. - threshold_) in double, one word per
+            # value from the global generator; the scale is a float32 1 / (1 - threshold_)
+            threshold = float(np.float32(ratio))
+            keep = rng.engine().bernoulli(x.numel(), 1.0 - threshold, np.float64)
+            mask = torch.from_numpy(keep.astype(np.float32)).view(x.shape).to(x.device)
+            scale = float(np.float32(1.0 / (1.0 - threshold)))
+            return [x * mask.to(x.dtype) * scale]
+        # unseeded (Caffe's stream is not reproducible) or fast mode: torch's generator
         mask = torch.bernoulli(torch.full_like(x, 1.0 - ratio, dtype=torch.float32))
         return [x * mask.to(x.dtype) * (1.0 / (1.0 - ratio))]
 
