@@ -86,15 +86,16 @@ class Stream:
         out = np.empty(int(n), dtype)
         done = 0
         while done < len(out):
-            need = len(out) - done
-            w = self.words(need + 8)
+            need = min(len(out) - done, _BLOCK)
+            w = self.words(need)
             val = w.astype(dtype) / t(4294967296.0) * span + lo
-            ok = np.flatnonzero(val < hi)
-            take = ok[:need]
+            if not (val >= hi).any():           # the rule: no word drawn again
+                out[done:done + need] = val
+                done += need
+                continue
+            take = np.flatnonzero(val < hi)     # a redraw: the words after it shift along
             out[done:done + len(take)] = val[take]
             done += len(take)
-            if len(take) == need:
-                self.put_back(w[take[-1] + 1:] if len(take) else w)
         return out
 
     def bernoulli(self, n: int, p: float, dtype=np.float32) -> np.ndarray:
@@ -234,44 +235,59 @@ def _one_normal(words: np.ndarray, q: int):
         return None
 
 
+_BLOCK = 1 << 22      # values per vectorised block (bounds the temporary arrays)
+
+
 def _ziggurat_block(stream: Stream, need: int) -> np.ndarray:
     """Up to ``need`` unit normals (at least one), consuming exactly the words boost would;
-    words read ahead go back to the stream."""
+    words read ahead go back to the stream.
+
+    Every word is first tried as the start of a try, all at once: ~98.8% land inside their
+    rectangle and are done with one word. Only the rest (a wedge needs the next word too, the
+    tail and uniform_01's rare redraw need more) are walked in order, to find which words start
+    a try and which were used inside the one before."""
+    need = min(int(need), _BLOCK)
     w = stream.words(need + need // 40 + 64)
     n = len(w)
     i = (w & 0xFF) >> 1
-    sign = ((w & 1).astype(np.float32) * _F32(2.0) - _F32(1.0))
+    sign = (w & 1).astype(np.float32) * _F32(2.0) - _F32(1.0)
     x = (w >> 8).astype(np.float32) * _F32(2.0 ** -24) * _TX32[i]
     fast = x.astype(np.float64) < _TX[i + 1]
     value = x * sign
-    # the wedge test of a slow try at j uses word j + 1
-    nxt = np.empty(n, np.float32)
+    nxt = np.empty(n, np.float32)               # a wedge try at j uses word j + 1 for y01
     nxt[:-1] = w[1:].astype(np.float32) * _F32(2.0 ** -32)
     nxt[-1] = 2.0
-    wedge_ok = _wedge_accepts(i, x, nxt)
-    produces = fast.copy()                      # a try starting here gives a value
-    length = np.ones(n, np.int64)               # words a try starting here uses
-    consumed = np.zeros(n, bool)                # words used inside an earlier try
-    end = n
-    pos = 0
-    for q in np.flatnonzero(~fast).tolist():   # ~1.2% of the words
+    irregular = np.flatnonzero(~fast)
+    special = ((i[irregular] == 0) | (nxt[irregular] >= 1.0)).tolist()
+    wedges, specials = [], []
+    pos, end = 0, n
+    for q, sp in zip(irregular.tolist(), special):
         if q < pos:
-            continue                            # the second word of a slow try
+            continue                            # a word used inside the try before
         if q + 64 > n:
             end = q                             # finish this try in the next block
             break
-        if i[q] == 0 or nxt[q] >= 1.0:          # tail, or uniform_01 drawing again
+        if sp:                                  # tail, or uniform_01 drawing again
             got = _one_normal(w, q)
             if got is None:
                 end = q
                 break
-            value[q], length[q] = got
-            produces[q] = True
+            specials.append((q, got[0], got[1]))
+            pos = q + got[1]
         else:
-            length[q] = 2
-            produces[q] = wedge_ok[q]
-        consumed[q + 1:q + length[q]] = True
-        pos = q + int(length[q])
+            wedges.append(q)
+            pos = q + 2
+    produces = fast
+    length = np.ones(n, np.int32)
+    consumed = np.zeros(n, bool)
+    if wedges:
+        wq = np.array(wedges)
+        produces[wq] = _wedge_accepts(i[wq], x[wq], nxt[wq])
+        length[wq] = 2
+        consumed[wq + 1] = True
+    for q, v, used in specials:
+        value[q], length[q], produces[q] = v, used, True
+        consumed[q + 1:q + used] = True
     starts = np.flatnonzero(produces[:end] & ~consumed[:end])
     if len(starts) >= need:
         starts = starts[:need]
