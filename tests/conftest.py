@@ -78,12 +78,18 @@ def caffe_bin():
     pytest.skip("real Caffe's caffe binary not found (set DEEPSELFIE_CAFFE_BIN)")
 
 
+def require_golden(folder: pathlib.Path) -> pathlib.Path:
+    """``folder`` when it holds the golden cases; otherwise the test FAILS (never skips: the
+    cases belong to the repository, a check that quietly vanishes is a defect)."""
+    if not folder.is_dir():
+        pytest.fail(f"{folder} is missing: the golden cases belong to the repository")
+    return folder
+
+
 @pytest.fixture
 def golden():
-    """The in-repo golden cases; a missing folder fails the test (it must never vanish)."""
-    if not GOLDEN.is_dir():
-        pytest.fail(f"{GOLDEN} is missing: the golden cases belong to the repository")
-    return GOLDEN
+    """The in-repo golden cases (tests/data/caffe-golden)."""
+    return require_golden(GOLDEN)
 
 
 def golden_cases(kind: str) -> list:

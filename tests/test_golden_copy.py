@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from conftest import GOLDEN, SHARED_GOLDEN
+from conftest import GOLDEN, SHARED_GOLDEN, require_golden
 
 
 def _files(root: pathlib.Path) -> dict:
@@ -23,6 +23,11 @@ def test_the_copy_is_in_the_repository(golden):
     for kind in ("nets", "solvers", "data", "logs", "round2"):
         assert (golden / kind).is_dir(), kind
     assert (golden / "PROVENANCE.md").is_file()
+
+
+def test_a_missing_golden_folder_fails_rather_than_skips(tmp_path):
+    with pytest.raises(pytest.fail.Exception, match="missing"):
+        require_golden(tmp_path / "caffe-golden")
 
 
 def test_the_copy_has_every_shared_case_byte_for_byte():
