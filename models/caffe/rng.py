@@ -110,12 +110,12 @@ class Stream:
     def gaussian(self, n: int, mean: float, std: float) -> np.ndarray:
         """``caffe_rng_gaussian`` in float32: boost's ziggurat unit normal * std + mean."""
         out = np.empty(int(n), np.float32)
-        done = 0
+        done, margin = 0, 64
         while done < len(out):
-            need = len(out) - done
-            vals = _ziggurat_block(self, need)
+            vals = _ziggurat_block(self, len(out) - done, margin)
             out[done:done + len(vals)] = vals
             done += len(vals)
+            margin = 64 if len(vals) else margin * 4   # a try longer than the margin
         return out * _F32(std) + _F32(mean)
 
     def uniform_01(self) -> float:
@@ -238,7 +238,7 @@ def _one_normal(words: np.ndarray, q: int):
 _BLOCK = 1 << 22      # values per vectorised block (bounds the temporary arrays)
 
 
-def _ziggurat_block(stream: Stream, need: int) -> np.ndarray:
+def _ziggurat_block(stream: Stream, need: int, margin: int = 64) -> np.ndarray:
     """Up to ``need`` unit normals (at least one), consuming exactly the words boost would;
     words read ahead go back to the stream.
 
@@ -247,7 +247,7 @@ def _ziggurat_block(stream: Stream, need: int) -> np.ndarray:
     tail and uniform_01's rare redraw need more) are walked in order, to find which words start
     a try and which were used inside the one before."""
     need = min(int(need), _BLOCK)
-    w = stream.words(need + need // 40 + 64)
+    w = stream.words(need + need // 40 + margin)
     n = len(w)
     i = (w & 0xFF) >> 1
     sign = (w & 1).astype(np.float32) * _F32(2.0) - _F32(1.0)
@@ -264,7 +264,7 @@ def _ziggurat_block(stream: Stream, need: int) -> np.ndarray:
     for q, sp in zip(irregular.tolist(), special):
         if q < pos:
             continue                            # a word used inside the try before
-        if q + 64 > n:
+        if q + margin > n:
             end = q                             # finish this try in the next block
             break
         if sp:                                  # tail, or uniform_01 drawing again
