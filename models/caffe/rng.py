@@ -11,11 +11,12 @@ Python loop per weight.
   nothing can be reproduced anyway.
 - ``Stream(seed)``: one generator (a data transformer's, an ImageData shuffle's): ``draw()``,
   ``rand(n) = draw() % n`` (``DataTransformer::Rand``), ``uniform_int`` (boost ``uniform_int``).
-- The distributions, as boost (1.56 and later, the Caffe 1.0 era) computes them in the given
-  precision, each consuming words exactly as boost does:
+- The distributions, as boost 1.62 and later computes them (the golden weights real Caffe 1.0
+  drew tell the versions apart: a Box-Muller normal, or a tail drawn with log(), does not give
+  them), in the given precision, each consuming words exactly as boost does:
   ``uniform_real(n, a, b)`` is ``caffe_rng_uniform`` (boost ``uniform_real`` on [a, nextafter(b)));
   ``gaussian(n, mean, std)`` is ``caffe_rng_gaussian`` (boost's ziggurat ``normal_distribution``:
-  one word per try, a second for the wedge test, exponential draws for the tail);
+  one word per try, a second for the wedge test, ziggurat exponential draws for the tail);
   ``bernoulli(n, p, double)`` is ``caffe_rng_bernoulli`` (one word per draw; none when p == 0).
 - ``shuffle(items, stream)``: ``caffe::shuffle``.
 """
