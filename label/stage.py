@@ -28,6 +28,7 @@ import pathlib
 import shutil
 from dataclasses import asdict
 
+from deepselfie.catalog import Catalog, LabelRecord
 from deepselfie.console import get_logger, summary
 from deepselfie.errors import UserError
 from deepselfie.files import atomic_write
@@ -35,7 +36,7 @@ from deepselfie.files import atomic_write
 from .image import EncodeSettings
 from .lmdb_writer import Record, build_lmdb, partial_path, publish, record_key
 from .mean import ImageMean, compute_mean, mean_to_binaryproto, read_binaryproto
-from .posts import REASONS, Rules, read_posts, select_eligible
+from .posts import REASONS, Rules, select_eligible
 from .rule import label_posts
 from .splits import SPLITS, hash_order, split_rows
 from .workers import Workers
@@ -154,17 +155,11 @@ def run_label(cfg, *, run_name: str | None = None, quiet: bool = False) -> dict:
     if run_name is not None:
         cfg.label["run_name"] = run_name
     check_settings(cfg)
-    from deepselfie.catalog import Catalog
     with Catalog(cfg.catalog_path, create=False) as catalog, \
             Workers(cfg.label.processes or _usable_cpus()) as workers:
-        run_id = catalog.start_run("label", dict(cfg.label))
-        try:
+        with catalog.run("label", dict(cfg.label)) as run:
             result = _run(cfg, catalog, workers)
-        except BaseException as e:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            catalog.finish_run(run_id, {"error": str(e)}, status=status)
-            raise
-        catalog.finish_run(run_id, result)
+            run.details.update(result)
     if not quiet:
         summary("label", result["text"])
     return result
@@ -179,7 +174,7 @@ def _run(cfg, catalog, workers: Workers) -> dict:
                               s.jpeg_quality, s.seed)
 
     # 1. Eligibility, the article's rule, splits by author.
-    posts = read_posts(catalog)
+    posts = catalog.labelable_posts()
     eligible, excluded = select_eligible(posts, rules)
     excluded = {reason: excluded[reason] for reason in REASONS if excluded[reason]}
     labeled = label_posts(eligible, s.group_size, s.tag_bonus)
@@ -241,13 +236,9 @@ def _run(cfg, catalog, workers: Workers) -> dict:
     _write_atomic(run_dir / "mean.json", json.dumps(mean.to_json(), indent=1) + "\n")
     for split in built:
         publish(run_dir / f"{split}_lmdb")
-    with catalog.transaction():
-        catalog.execute("DELETE FROM labels WHERE label_run = ?", (s.run_name,))
-        catalog.db.executemany(
-            "INSERT INTO labels (label_run, post_id, audience, grp, rank, label, split) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(s.run_name, item.post.post_id, item.audience, item.group, item.rank, item.label,
-              split) for item, split in rows])
+    catalog.replace_labels(s.run_name, [
+        LabelRecord(item.post.post_id, item.audience, item.group, item.rank, item.label, split)
+        for item, split in rows])
     text = _summary_text(s.run_name, len(posts), eligible, excluded, labeled, s.group_size,
                          counts, n_authors, settings, mean, run_dir)
     result = {"run": s.run_name, "posts": len(posts), "eligible": len(eligible),
