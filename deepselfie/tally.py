@@ -13,6 +13,11 @@ import threading
 import time
 from collections import Counter, defaultdict
 
+# The keys every run's summary has beside its counters.
+STATUS = "status"       # running, done, failed or interrupted
+SECONDS = "seconds"     # wall-clock time of the run
+ERROR = "error"         # why it failed (only then)
+
 _DETAIL = re.compile(r"\s*\((?=[^()]*\d)[^()]*\)")
 
 
@@ -92,8 +97,8 @@ class StageRun:
 
     def summary(self) -> dict:
         """What the runs table records: status, seconds, the counters, the details, the error."""
-        out = {"status": self.status, "seconds": self.seconds, **self.tally.as_dict(),
+        out = {STATUS: self.status, SECONDS: self.seconds, **self.tally.as_dict(),
                **self.details}
         if self.error is not None:
-            out["error"] = self.error
+            out[ERROR] = self.error
         return out

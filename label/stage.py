@@ -44,6 +44,9 @@ from .workers import Workers
 
 log = get_logger("label")
 
+# The summary's key for its one-line text (the rest are figures).
+SUMMARY_TEXT = "text"
+
 CSV_COLUMNS = ("uri", "author", "followers", "likes", "tags", "audience", "group", "rank",
                "label", "split", "post_id", "created_at", "fetched_at", "n_faces", "sha256",
                "path", "tag_names")
@@ -162,7 +165,7 @@ def run_label(cfg, *, run_name: str | None = None, quiet: bool = False) -> dict:
             result = _run(cfg, catalog, workers)
             run.details.update(result)
     if not quiet:
-        summary("label", result["text"])
+        summary("label", result[SUMMARY_TEXT])
     return result
 
 
@@ -311,7 +314,7 @@ def publish(plan: Plan, built: Built, catalog) -> dict:
     result = {"run": plan.run_name, "posts": plan.n_posts, "eligible": len(plan.eligible),
               "excluded": plan.excluded, "labeled": len(plan.labeled),
               "groups": len(plan.labeled) // plan.group_size, "splits": counts,
-              "mean_value_bgr": mean.channel_means, "text": text}
+              "mean_value_bgr": mean.channel_means, SUMMARY_TEXT: text}
     _write_atomic(run_dir / "manifest.json", json.dumps(
         {"settings": plan.settings, "plans": plans, "mean_plan": plans["train"],
          "summary": result}, indent=1) + "\n")

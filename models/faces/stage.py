@@ -12,6 +12,7 @@ import json
 
 from deepselfie.console import get_logger, progress, summary
 from deepselfie.errors import UserError
+from deepselfie.tally import SECONDS
 
 log = get_logger("faces")
 
@@ -130,8 +131,8 @@ def scan(cfg, *, rescan: bool = False) -> dict:
                     _scan_batch(cat, cfg, detector, name, batch, run)
                     bar.update(len(batch))
     result = run.summary()
-    rate = result[SCANNED] / max(result["seconds"], 1e-9)
-    summary("faces", f"scanned {result[SCANNED]} images in {result['seconds']:.1f} s "
+    rate = result[SCANNED] / max(result[SECONDS], 1e-9)
+    summary("faces", f"scanned {result[SCANNED]} images in {result[SECONDS]:.1f} s "
                      f"({rate:.1f}/s): {result[WITH_FACES]} with faces "
                      f"({result[FACES]} faces), {result[SCANNED] - result[WITH_FACES]} "
                      f"without, {result[UNREADABLE]} unreadable; "
