@@ -8,10 +8,13 @@ line however many images a run skipped; the catalog's downloads table keeps each
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
 from collections import Counter, defaultdict
+
+from deepselfie.console import summary
 
 # The keys every run's summary has beside its counters.
 STATUS = "status"       # running, done, failed or interrupted
@@ -102,3 +105,19 @@ class StageRun:
         if self.error is not None:
             out[ERROR] = self.error
         return out
+
+
+@contextlib.contextmanager
+def closing_line(run_block, describe):
+    """``with closing_line(catalog.run(stage, args), describe) as run:`` prints the stage's one
+    closing line, ``describe(run)``, when the block ends done or interrupted (a stage that was
+    cut short keeps what it finished, so the line says that a rerun goes on); a failed run
+    prints none, its error says what happened."""
+    run = None
+    try:
+        with run_block as run:
+            yield run
+    finally:
+        if run is not None and run.status in ("done", "interrupted"):
+            note = "" if run.status == "done" else f" ({run.status}: run again to go on)"
+            summary(run.stage, describe(run) + note)

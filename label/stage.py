@@ -95,10 +95,6 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _write_atomic(path: pathlib.Path, data) -> None:
-    atomic_write(path, data)
-
-
 def _plan_hash(settings: EncodeSettings, records, shas) -> str:
     h = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
     for record, sha in zip(records, shas):
@@ -296,11 +292,11 @@ def publish(plan: Plan, built: Built, catalog) -> dict:
     """Put everything in place (the manifest goes last), store the labels in the catalog;
     -> the run's summary."""
     run_dir, mean = plan.run_dir, built.mean
-    _write_atomic(run_dir / "labels.csv", _labels_csv(plan.rows))
+    atomic_write(run_dir / "labels.csv", _labels_csv(plan.rows))
     for split, sp in plan.splits.items():
-        _write_atomic(run_dir / f"{split}.txt", sp.list_text)
-    _write_atomic(run_dir / "mean.binaryproto", mean_to_binaryproto(mean.mean))
-    _write_atomic(run_dir / "mean.json", json.dumps(mean.to_json(), indent=1) + "\n")
+        atomic_write(run_dir / f"{split}.txt", sp.list_text)
+    atomic_write(run_dir / "mean.binaryproto", mean_to_binaryproto(mean.mean))
+    atomic_write(run_dir / "mean.json", json.dumps(mean.to_json(), indent=1) + "\n")
     for split in built.rebuilt:
         publish_lmdb(run_dir / f"{split}_lmdb")
     catalog.replace_labels(plan.run_name, [
@@ -315,7 +311,7 @@ def publish(plan: Plan, built: Built, catalog) -> dict:
               "excluded": plan.excluded, "labeled": len(plan.labeled),
               "groups": len(plan.labeled) // plan.group_size, "splits": counts,
               "mean_value_bgr": mean.channel_means, SUMMARY_TEXT: text}
-    _write_atomic(run_dir / "manifest.json", json.dumps(
+    atomic_write(run_dir / "manifest.json", json.dumps(
         {"settings": plan.settings, "plans": plans, "mean_plan": plans["train"],
          "summary": result}, indent=1) + "\n")
     return {**result, "rebuilt": built.rebuilt}

@@ -20,9 +20,9 @@ import threading
 import urllib.parse
 
 from deepselfie.catalog import Catalog, host_of, utcnow
-from deepselfie.console import get_logger, progress, summary
+from deepselfie.console import get_logger, progress
 from deepselfie.errors import UserError
-from deepselfie.tally import Tally
+from deepselfie.tally import Tally, closing_line
 
 from .counters import (AUTHORS_FLAGGED_OPTED_OUT, HOME_REFRESH_FAILED, HOME_REFRESHED,
                        IMAGES_FAILED, IMAGES_KEPT, IMAGES_REUSED, IMAGES_SKIPPED, PAGES,
@@ -76,24 +76,18 @@ def run_scrape(cfg, *, source=None, servers=None, tags=None, max_posts=None, fol
 
     data_dir = cfg.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    run = None
     with stage_lock(data_dir), Catalog(cfg.catalog_path) as cat:
         cat.mark_interrupted("scrape")
         store = ImageStore(data_dir, max_pixels=sc.max_pixels, min_side=sc.min_side)
         store.clean_temp()
-        try:
-            with cat.run("scrape", args) as run:
-                if source == "folder":
-                    import_folder(cat, store, posts, tally=run.tally, max_posts=max_posts,
-                                  max_bytes=sc.max_bytes)
-                else:
-                    _scrape_mastodon(cfg, cat, store, run.tally, servers=servers, tags=tags,
-                                     tokens=tokens, max_posts=max_posts,
-                                     concurrency=concurrency)
-        finally:
-            if run is not None and run.status != "failed":
-                summary("scrape", describe(run.tally, run.seconds)
-                        + ("" if run.status == "done" else f" ({run.status}: run again to go on)"))
+        with closing_line(cat.run("scrape", args),
+                          lambda run: describe(run.tally, run.seconds)) as run:
+            if source == "folder":
+                import_folder(cat, store, posts, tally=run.tally, max_posts=max_posts,
+                              max_bytes=sc.max_bytes)
+            else:
+                _scrape_mastodon(cfg, cat, store, run.tally, servers=servers, tags=tags,
+                                 tokens=tokens, max_posts=max_posts, concurrency=concurrency)
     return run.summary()
 
 

@@ -87,7 +87,8 @@ def test_the_stage_marks_each_image_with_its_faces_and_resumes(cli, data_dir, mo
         assert cat.counts()["face_scans"] == 4
 
 
-def test_an_interrupted_scan_keeps_the_batches_it_finished(data_dir, models_dir, monkeypatch):
+def test_an_interrupted_scan_keeps_the_batches_it_finished(data_dir, models_dir, monkeypatch,
+                                                          capsys):
     from models.faces import stage
     from models.faces.detect import FaceDetector
     cfg = load_config(None, data_dir=data_dir, overrides=[
@@ -103,6 +104,9 @@ def test_an_interrupted_scan_keeps_the_batches_it_finished(data_dir, models_dir,
     monkeypatch.setattr(FaceDetector, "detect", detect_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         stage.scan(cfg)
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("faces: scanned 1 images") and line.endswith(
+        "(interrupted: run again to go on)")
     with Catalog(data_dir / "catalog.sqlite") as cat:
         assert cat.counts()["face_scans"] == 1
         assert [run["status"] for run in cat.runs()] == ["interrupted"]

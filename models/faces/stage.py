@@ -12,7 +12,7 @@ import json
 
 from deepselfie.console import get_logger, progress, summary
 from deepselfie.errors import UserError
-from deepselfie.tally import SECONDS
+from deepselfie.tally import closing_line
 
 log = get_logger("faces")
 
@@ -122,7 +122,8 @@ def scan(cfg, *, rescan: bool = False) -> dict:
             return counters
         detector, settings = load_detector(cfg)
         name = detector_name(settings)
-        with cat.run("faces", {"rescan": rescan, "detector": name}) as run:
+        with closing_line(cat.run("faces", {"rescan": rescan, "detector": name}),
+                          _describe) as run:
             for what, n in counters.items():
                 run.add(what, n=n)
             with progress(total=len(todo), desc="faces", unit="img") as bar:
@@ -130,14 +131,16 @@ def scan(cfg, *, rescan: bool = False) -> dict:
                     batch = todo[i:i + cfg.faces.batch_size]
                     _scan_batch(cat, cfg, detector, name, batch, run)
                     bar.update(len(batch))
-    result = run.summary()
-    rate = result[SCANNED] / max(result[SECONDS], 1e-9)
-    summary("faces", f"scanned {result[SCANNED]} images in {result[SECONDS]:.1f} s "
-                     f"({rate:.1f}/s): {result[WITH_FACES]} with faces "
-                     f"({result[FACES]} faces), {result[SCANNED] - result[WITH_FACES]} "
-                     f"without, {result[UNREADABLE]} unreadable; "
-                     f"{result[ALREADY_SCANNED]} scanned before")
-    return result
+    return run.summary()
+
+
+def _describe(run) -> str:
+    """The closing summary line."""
+    seconds = run.seconds
+    return (f"scanned {run[SCANNED]} images in {seconds:.1f} s "
+            f"({run[SCANNED] / max(seconds, 1e-9):.1f}/s): {run[WITH_FACES]} with faces "
+            f"({run[FACES]} faces), {run[SCANNED] - run[WITH_FACES]} without, "
+            f"{run[UNREADABLE]} unreadable; {run[ALREADY_SCANNED]} scanned before")
 
 
 def _scan_batch(cat, cfg, detector, name, batch, run):
