@@ -21,6 +21,10 @@ Tables
 
 Every write that belongs together happens in one transaction, so a process killed at any moment
 leaves the catalog as it was before or after that step, never in between.
+
+This module alone speaks SQL (tests/test_sql_lives_in_the_catalog.py checks it): stages use the
+methods of ``Catalog`` and get named records back (PostRecord, StoredImage, FaceScan,
+LabelablePost, LabelRecord), and record their runs with ``with catalog.run(stage, args) as run``.
 """
 from __future__ import annotations
 
@@ -328,6 +332,7 @@ class Catalog:
         self.db.execute("COMMIT")
 
     def execute(self, sql, params=()):
+        """Raw SQL, for tests that look inside; program code uses the methods below."""
         return self.db.execute(sql, params)
 
     def close(self):
@@ -496,13 +501,13 @@ class Catalog:
         try:
             yield run
         except KeyboardInterrupt:
-            run.status = "interrupted"
+            run.end("interrupted")
             raise
         except BaseException as e:
-            run.status, run.error = "failed", str(e) or type(e).__name__
+            run.end("failed", str(e) or type(e).__name__)
             raise
         else:
-            run.status = "done"
+            run.end("done")
         finally:
             self.db.execute(
                 "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",

@@ -86,6 +86,7 @@ class StageRun:
         self.status = "running"
         self.error: str | None = None
         self._started = time.monotonic()
+        self._ended: float | None = None
 
     def add(self, what: str, reason: str | None = None, n: int = 1) -> None:
         self.tally.add(what, reason, n)
@@ -93,10 +94,15 @@ class StageRun:
     def __getitem__(self, what: str) -> int:
         return self.tally[what]
 
+    def end(self, status: str, error: str | None = None) -> None:
+        """The run is over (done, failed or interrupted): its clock stops."""
+        self.status, self.error = status, error
+        self._ended = time.monotonic()
+
     @property
     def seconds(self) -> float:
-        """Seconds since the run started."""
-        return round(time.monotonic() - self._started, 3)
+        """Seconds the run took (so far, while it runs)."""
+        return round((self._ended or time.monotonic()) - self._started, 3)
 
     def summary(self) -> dict:
         """What the runs table records: status, seconds, the counters, the details, the error."""

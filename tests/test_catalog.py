@@ -153,6 +153,7 @@ def test_a_run_records_its_outcome_counters_and_details(tmp_path):
     assert done["summary"]["scanned"] == 3 and done["summary"]["detector"] == "test"
     assert done["summary"]["unreadable"] == {"count": 1, "reasons": {"bad header": 1}}
     assert done["summary"]["status"] == "done" and done["summary"]["seconds"] >= 0
+    assert run.summary() == done["summary"]               # the clock stopped with the run
     assert interrupted["status"] == "interrupted" and interrupted["summary"]["scanned"] == 1
     assert failed["status"] == "failed" and failed["summary"]["error"] == "no groups"
 
