@@ -11,6 +11,10 @@ import math
 # parts are written out as text.
 MAX_DEPTH = 4
 
+STAGES_STYLE = ("<style>.stages th,.stages td{text-align:left;vertical-align:top;"
+                "padding:2px 8px}.stages>tbody>tr>*{border-top:1px solid #444}"
+                ".kv th{font-weight:normal;color:#aaa}</style>")
+
 MADE_HOW = (
     "<p>The posts, authors, followers, tags, dates and likes are <b>synthetic</b>: images "
     "are made from real portraits (scikit-image's astronaut, matplotlib's Grace Hopper) "
@@ -47,8 +51,8 @@ def stages_table(stages: dict) -> str:
         for i, (key, value) in enumerate(items or [("", "")]):
             head = (f"<th rowspan='{len(items)}'>{_text(stage)}</th>" if i == 0 else "")
             rows.append(f"<tr>{head}<td>{_text(key)}</td><td>{value_html(value)}</td></tr>")
-    return ("<table class='stages'><tr><th>stage</th><th>what</th><th>value</th></tr>"
-            + "".join(rows) + "</table>")
+    return (STAGES_STYLE + "<table class='stages'><tr><th>stage</th><th>what</th>"
+            "<th>value</th></tr>" + "".join(rows) + "</table>")
 
 
 def cue_table(table) -> str:
