@@ -53,6 +53,7 @@ def _serve(n_posts, latency, size, ready, stop):
 
 def run_once(url: str, concurrency: int) -> dict:
     from deepselfie.config import load_config
+    from scrape.counters import IMAGES_KEPT, POSTS_NEW
     from scrape.stage import run_scrape
     with tempfile.TemporaryDirectory() as d:
         cfg = load_config(None, data_dir=d, overrides=["scrape.min_side=64",
@@ -60,7 +61,7 @@ def run_once(url: str, concurrency: int) -> dict:
         cpu0, t0 = time.process_time(), time.perf_counter()
         result = run_scrape(cfg, servers=[url], tags=["selfie"], concurrency=concurrency)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    posts, images = result.get("posts_new", 0), result.get("images_kept", 0)
+    posts, images = result.get(POSTS_NEW, 0), result.get(IMAGES_KEPT, 0)
     return dict(wall=wall, cpu=cpu, posts=posts, images=images, posts_s=posts / wall,
                 images_s=images / wall, cpu_per_1000=1000 * cpu / max(images, 1))
 

@@ -14,13 +14,17 @@ Tables
   downloads  the outcome per media row: ok, failed (transient: retried next run) or skipped
              (permanent: not an image, too big, gone, ...), with the reason
   cursors    the resume point per (server, tag)
-  runs       one row per stage run: when, arguments, summary
+  runs       one row per stage run: when, arguments, outcome, summary (``with catalog.run(...)``)
   faces      detected faces per image (by sha256), one row per face
   face_scans which images the face stage has looked at, with the face count
   labels     the label stage's output per post (group, rank, label, split), per label run
 
 Every write that belongs together happens in one transaction, so a process killed at any moment
 leaves the catalog as it was before or after that step, never in between.
+
+This module alone speaks SQL (tests/test_sql_lives_in_the_catalog.py checks it): stages use the
+methods of ``Catalog`` and get named records back (PostRecord, StoredImage, FaceScan,
+LabelablePost, LabelRecord), and record their runs with ``with catalog.run(stage, args) as run``.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from deepselfie.errors import UserError
+from deepselfie.tally import StageRun, reason_kind
 
 MIGRATIONS = [
     # 0 -> 1: the whole first schema
@@ -222,6 +227,59 @@ class StoredImage:
     format: str
 
 
+@dataclass(frozen=True)
+class FaceRecord:
+    """One detected face: box (x1, y1, x2, y2) in pixels of the full-size image, score and the
+    five landmarks ([[x, y] x 5], or None)."""
+
+    box: tuple
+    score: float
+    landmarks: list | None = None
+
+
+@dataclass(frozen=True)
+class FaceScan:
+    """The face stage's verdict on one image: its faces and the largest one's share of it."""
+
+    sha256: str
+    faces: tuple = ()
+    largest_share: float | None = None
+
+
+@dataclass(frozen=True)
+class LabelablePost:
+    """A post as the label stage sees it: counts, dates, its first downloaded image and that
+    image's face count (None: the face stage has not scanned it)."""
+
+    post_id: int
+    uri: str
+    author: str
+    followers: int
+    likes: int
+    tags: tuple = ()
+    created_at: str = "2000-01-01T00:00:00+00:00"
+    fetched_at: str = "2000-03-01T00:00:00+00:00"
+    sha256: str | None = None     # the first downloaded image
+    path: str | None = None       # its path relative to the data dir
+    n_faces: int | None = None    # None: the face stage has not scanned it
+
+    @property
+    def n_tags(self) -> int:
+        return len(self.tags)
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """The label stage's verdict on one post in one label run."""
+
+    post_id: int
+    audience: float
+    group: int
+    rank: int
+    label: int
+    split: str
+
+
 class Catalog:
     """The SQLite catalog. ``with Catalog(path) as cat: ...`` closes it at the end.
 
@@ -274,6 +332,7 @@ class Catalog:
         self.db.execute("COMMIT")
 
     def execute(self, sql, params=()):
+        """Raw SQL, for tests that look inside; program code uses the methods below."""
         return self.db.execute(sql, params)
 
     def close(self):
@@ -431,19 +490,124 @@ class Catalog:
                  updated_at = excluded.updated_at""",
             (server, tag, json.dumps(state, sort_keys=True), utcnow()))
 
-    def start_run(self, stage: str, args: dict | None = None) -> int:
+    @contextlib.contextmanager
+    def run(self, stage: str, args: dict | None = None):
+        """``with catalog.run("faces", {...}) as run:`` records one stage run: a runs row marked
+        running now, and at the end of the block its status (done; interrupted on Ctrl-C;
+        failed, with the error, on any other exception) and ``run.summary()``."""
         cur = self.db.execute("INSERT INTO runs (stage, started_at, args) VALUES (?, ?, ?)",
                               (stage, utcnow(), json.dumps(args or {}, default=str)))
-        return cur.lastrowid
-
-    def finish_run(self, run_id: int, summary: dict, status: str = "done") -> None:
-        self.db.execute("UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
-                        (utcnow(), status, json.dumps(summary, default=str), run_id))
+        run = StageRun(cur.lastrowid, stage)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            run.end("interrupted")
+            raise
+        except BaseException as e:
+            run.end("failed", str(e) or type(e).__name__)
+            raise
+        else:
+            run.end("done")
+        finally:
+            self.db.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
+                (utcnow(), run.status, json.dumps(run.summary(), default=str), run.id))
 
     def mark_interrupted(self, stage: str) -> int:
         """Runs of ``stage`` still marked running died (the caller holds the stage lock)."""
         return self.db.execute("UPDATE runs SET status = 'interrupted' WHERE stage = ? AND "
                                "status = 'running'", (stage,)).rowcount
+
+    def runs(self, stage: str | None = None) -> list[dict]:
+        """Recorded runs (of one stage), oldest first: id, stage, status, started_at,
+        finished_at, args and summary (decoded)."""
+        sql, params = "SELECT * FROM runs", ()
+        if stage is not None:
+            sql, params = sql + " WHERE stage = ?", (stage,)
+        return [{"id": r["id"], "stage": r["stage"], "status": r["status"],
+                 "started_at": r["started_at"], "finished_at": r["finished_at"],
+                 "args": json.loads(r["args"] or "{}"),
+                 "summary": json.loads(r["summary"]) if r["summary"] else None}
+                for r in self.db.execute(sql + " ORDER BY id", params)]
+
+    # ------------------------------------------------------------ faces
+    def images_to_scan(self, *, rescan: bool = False) -> list[StoredImage]:
+        """Images the face stage has not scanned yet (every image with ``rescan``), by sha256."""
+        rows = self.db.execute(
+            """SELECT i.* FROM images i LEFT JOIN face_scans s ON s.sha256 = i.sha256
+               WHERE ? OR s.sha256 IS NULL ORDER BY i.sha256""", (int(rescan),))
+        return [StoredImage(r["sha256"], r["path"], r["width"], r["height"], r["bytes"],
+                            r["format"]) for r in rows]
+
+    def record_face_scans(self, scans, detector: str) -> None:
+        """Store each scan (its faces replace those of an earlier scan), in one transaction.
+        Boxes are kept to 0.01 pixel."""
+        now = utcnow()
+        with self.transaction():
+            for scan in scans:
+                self.db.execute("DELETE FROM faces WHERE sha256 = ?", (scan.sha256,))
+                self.db.executemany(
+                    "INSERT INTO faces (sha256, idx, x1, y1, x2, y2, score, landmarks) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(scan.sha256, idx, *(round(float(v), 2) for v in f.box), float(f.score),
+                      None if f.landmarks is None else json.dumps(f.landmarks))
+                     for idx, f in enumerate(scan.faces)])
+                self.db.execute(
+                    "INSERT OR REPLACE INTO face_scans (sha256, n_faces, largest_share, "
+                    "detector, scanned_at) VALUES (?, ?, ?, ?, ?)",
+                    (scan.sha256, len(scan.faces), scan.largest_share, detector, now))
+
+    def face_scan(self, sha256: str) -> dict | None:
+        """An image's scan: n_faces, largest_share, detector, scanned_at and its faces
+        (box, score, landmarks), or None when it has not been scanned."""
+        row = self.db.execute("SELECT * FROM face_scans WHERE sha256 = ?", (sha256,)).fetchone()
+        if row is None:
+            return None
+        faces = [FaceRecord((f["x1"], f["y1"], f["x2"], f["y2"]), f["score"],
+                            None if f["landmarks"] is None else json.loads(f["landmarks"]))
+                 for f in self.db.execute("SELECT * FROM faces WHERE sha256 = ? ORDER BY idx",
+                                          (sha256,))]
+        return {"n_faces": row["n_faces"], "largest_share": row["largest_share"],
+                "detector": row["detector"], "scanned_at": row["scanned_at"], "faces": faces}
+
+    # ------------------------------------------------------------ labels
+    def labelable_posts(self) -> list[LabelablePost]:
+        """Every post (by uri) with its first downloaded image and that image's face count."""
+        rows = self.db.execute(
+            """SELECT p.id, p.uri, a.acct, p.followers, p.likes, p.tags, p.created_at,
+                      p.fetched_at, i.sha256, i.path, f.n_faces
+               FROM posts p
+               JOIN authors a ON a.id = p.author_id
+               LEFT JOIN images i ON i.sha256 = (
+                   SELECT m.sha256 FROM media m JOIN images im ON im.sha256 = m.sha256
+                   WHERE m.post_id = p.id ORDER BY m.position LIMIT 1)
+               LEFT JOIN face_scans f ON f.sha256 = i.sha256
+               ORDER BY p.uri""")
+        return [LabelablePost(post_id=r["id"], uri=r["uri"], author=r["acct"],
+                              followers=r["followers"], likes=r["likes"],
+                              tags=tuple(json.loads(r["tags"])), created_at=r["created_at"],
+                              fetched_at=r["fetched_at"], sha256=r["sha256"], path=r["path"],
+                              n_faces=r["n_faces"])
+                for r in rows]
+
+    def replace_labels(self, label_run: str, labels) -> None:
+        """The label run's labels (LabelRecords) replace what that run stored before, in one
+        transaction."""
+        with self.transaction():
+            self.db.execute("DELETE FROM labels WHERE label_run = ?", (label_run,))
+            self.db.executemany(
+                "INSERT INTO labels (label_run, post_id, audience, grp, rank, label, split) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(label_run, r.post_id, r.audience, r.group, r.rank, r.label, r.split)
+                 for r in labels])
+
+    def labels(self, label_run: str) -> dict[str, LabelRecord]:
+        """A label run's stored labels by post uri."""
+        return {r["uri"]: LabelRecord(r["post_id"], r["audience"], r["grp"], r["rank"],
+                                      r["label"], r["split"])
+                for r in self.db.execute(
+                    """SELECT p.uri, l.* FROM labels l JOIN posts p ON p.id = l.post_id
+                       WHERE l.label_run = ? ORDER BY p.uri""", (label_run,))}
 
     # ------------------------------------------------------------ reads
     def counts(self) -> dict:
@@ -510,7 +674,6 @@ class Catalog:
 
 def _by_kind(rows) -> dict:
     """(status, reason, n) rows -> {'status: reason kind': n}, most frequent first."""
-    from scrape.tally import reason_kind
     counts: dict = {}
     for status, reason, n in rows:
         key = f"{status}: {reason_kind(reason)}"

@@ -1,4 +1,5 @@
-"""Which posts can be labeled: read them from the catalog and apply the eligibility rules.
+"""Which posts can be labeled: the eligibility rules, applied to the posts the catalog reads
+(``Catalog.labelable_posts``).
 
 A post is eligible when it has a downloaded image (its first one is used), was online at least
 ``min_age_days`` between ``created_at`` and ``fetched_at`` (likes have settled), its author had
@@ -10,30 +11,14 @@ requirement off). An image shared by several eligible posts is labeled once, for
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import Counter
 from dataclasses import dataclass
 
+from deepselfie.catalog import LabelablePost
 
-@dataclass(frozen=True)
-class Post:
-    """A post as the label stage sees it."""
 
-    post_id: int
-    uri: str
-    author: str
-    followers: int
-    likes: int
-    tags: tuple = ()
-    created_at: str = "2000-01-01T00:00:00+00:00"
-    fetched_at: str = "2000-03-01T00:00:00+00:00"
-    sha256: str | None = None     # the first downloaded image
-    path: str | None = None       # its path relative to the data dir
-    n_faces: int | None = None    # None: the face stage has not scanned it
-
-    @property
-    def n_tags(self) -> int:
-        return len(self.tags)
+# A post as the label stage sees it: the catalog reads them (Catalog.labelable_posts).
+Post = LabelablePost
 
 
 @dataclass(frozen=True)
@@ -50,25 +35,6 @@ class Rules:
 # Why a post was left out, in the order the checks run (a post counts under its first failure).
 REASONS = ("no image", "too recent", "followers out of range", "too many tags", "not face-scanned",
            "too few faces", "duplicate image")
-
-_FIRST_IMAGE = """
-    SELECT p.id, p.uri, a.acct, p.followers, p.likes, p.tags, p.created_at, p.fetched_at,
-           i.sha256, i.path, f.n_faces
-    FROM posts p
-    JOIN authors a ON a.id = p.author_id
-    LEFT JOIN images i ON i.sha256 = (
-        SELECT m.sha256 FROM media m JOIN images im ON im.sha256 = m.sha256
-        WHERE m.post_id = p.id ORDER BY m.position LIMIT 1)
-    LEFT JOIN face_scans f ON f.sha256 = i.sha256
-    ORDER BY p.uri
-"""
-
-
-def read_posts(catalog) -> list[Post]:
-    """Every post in the catalog with its first downloaded image and that image's face count."""
-    return [Post(r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8], r[9],
-                 r[10])
-            for r in catalog.execute(_FIRST_IMAGE)]
 
 
 def _time(text: str) -> dt.datetime:

@@ -26,21 +26,26 @@ import json
 import os
 import pathlib
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
+from deepselfie.catalog import Catalog, LabelRecord
 from deepselfie.console import get_logger, summary
 from deepselfie.errors import UserError
 from deepselfie.files import atomic_write
 
 from .image import EncodeSettings
-from .lmdb_writer import Record, build_lmdb, partial_path, publish, record_key
+from .lmdb_writer import Record, build_lmdb, partial_path, record_key
+from .lmdb_writer import publish as publish_lmdb
 from .mean import ImageMean, compute_mean, mean_to_binaryproto, read_binaryproto
-from .posts import REASONS, Rules, read_posts, select_eligible
+from .posts import REASONS, Rules, select_eligible
 from .rule import label_posts
 from .splits import SPLITS, hash_order, split_rows
 from .workers import Workers
 
 log = get_logger("label")
+
+# The summary's key for its one-line text (the rest are figures).
+SUMMARY_TEXT = "text"
 
 CSV_COLUMNS = ("uri", "author", "followers", "likes", "tags", "audience", "group", "rank",
                "label", "split", "post_id", "created_at", "fetched_at", "n_faces", "sha256",
@@ -88,10 +93,6 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def _write_atomic(path: pathlib.Path, data) -> None:
-    atomic_write(path, data)
 
 
 def _plan_hash(settings: EncodeSettings, records, shas) -> str:
@@ -154,32 +155,70 @@ def run_label(cfg, *, run_name: str | None = None, quiet: bool = False) -> dict:
     if run_name is not None:
         cfg.label["run_name"] = run_name
     check_settings(cfg)
-    from deepselfie.catalog import Catalog
     with Catalog(cfg.catalog_path, create=False) as catalog, \
             Workers(cfg.label.processes or _usable_cpus()) as workers:
-        run_id = catalog.start_run("label", dict(cfg.label))
-        try:
+        with catalog.run("label", dict(cfg.label)) as run:
             result = _run(cfg, catalog, workers)
-        except BaseException as e:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            catalog.finish_run(run_id, {"error": str(e)}, status=status)
-            raise
-        catalog.finish_run(run_id, result)
+            run.details.update(result)
     if not quiet:
-        summary("label", result["text"])
+        summary("label", result[SUMMARY_TEXT])
     return result
 
 
 def _run(cfg, catalog, workers: Workers) -> dict:
+    """plan (what to write) -> build (the LMDBs and the mean that changed) -> publish."""
+    plan = plan_run(cfg, catalog)
+    built = build(plan, workers, commit_every=cfg.label.commit_every)
+    return publish(plan, built, catalog)
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """One split's LMDB records in their fixed order, its list file and its counts."""
+
+    records: list
+    plan: str            # hash of the encode settings and every (key, image, label)
+    list_text: str       # <split>.txt
+    counts: dict         # records, good, bad, authors
+    ratio: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a label run writes, decided from the catalog and the settings alone."""
+
+    settings: dict       # label.* as given
+    run_name: str
+    run_dir: pathlib.Path
+    encode: EncodeSettings
+    group_size: int
+    n_posts: int
+    eligible: list
+    excluded: dict       # reason -> posts left out for it, in REASONS order
+    labeled: list        # Labeled, by group then rank
+    rows: list           # [(Labeled, split)]
+    n_authors: int
+    splits: dict         # split -> SplitPlan
+
+
+@dataclass(frozen=True)
+class Built:
+    """What the build step made: the splits whose LMDB was (re)written and the train mean."""
+
+    rebuilt: list
+    mean: ImageMean
+
+
+def plan_run(cfg, catalog) -> Plan:
+    """Eligibility, the article's rule, splits by author, and each split's records in a
+    shuffled order fixed by the seed, keyed as convert_imageset keys them."""
     s = cfg.label
     data_dir = cfg.data_dir
-    run_dir = cfg.runs_dir / s.run_name
     rules = Rules(s.min_age_days, s.min_followers, s.max_followers, s.max_tags, s.min_faces)
-    settings = EncodeSettings(s.new_height, s.new_width, s.resize_mode, s.encoding,
-                              s.jpeg_quality, s.seed)
+    encode = EncodeSettings(s.new_height, s.new_width, s.resize_mode, s.encoding,
+                            s.jpeg_quality, s.seed)
 
-    # 1. Eligibility, the article's rule, splits by author.
-    posts = read_posts(catalog)
+    posts = catalog.labelable_posts()
     eligible, excluded = select_eligible(posts, rules)
     excluded = {reason: excluded[reason] for reason in REASONS if excluded[reason]}
     labeled = label_posts(eligible, s.group_size, s.tag_bonus)
@@ -189,7 +228,6 @@ def _run(cfg, catalog, workers: Workers) -> dict:
                         f"{f' (left out{why})' if why else ''} and a group needs "
                         f"label.group_size = {s.group_size}", path=cfg.catalog_path)
     rows = split_rows(labeled, (s.train_ratio, s.val_ratio, s.test_ratio), s.seed)
-    n_authors = len({item.post.author for item in labeled})
 
     missing = [item.post.path for item in labeled if not (data_dir / item.post.path).is_file()]
     if missing:
@@ -197,64 +235,83 @@ def _run(cfg, catalog, workers: Workers) -> dict:
                         "(rerun `deepselfie scrape` to fetch them again)",
                         path=data_dir / missing[0])
 
-    # 2. Each split's records in a shuffled order fixed by the seed, keyed as convert_imageset.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _read_manifest(run_dir / "manifest.json")
-    old_plans = manifest.get("plans", {})
-    plans, lists, counts, built = {}, {}, {}, []
+    splits = {}
     for split in SPLITS:
         items = sorted((item for item, sp in rows if sp == split),
                        key=lambda item: hash_order(s.seed, "order\0" + item.post.uri))
         records = [Record(record_key(i, item.post.path), str(data_dir / item.post.path),
                           item.label, item.post.sha256) for i, item in enumerate(items)]
-        plans[split] = _plan_hash(settings, records, [item.post.sha256 for item in items])
-        lists[split] = "".join(f"{item.post.path} {item.label}\n" for item in items)
         good = sum(item.label for item in items)
-        counts[split] = {"records": len(items), "good": good, "bad": len(items) - good,
-                         "authors": len({item.post.author for item in items})}
+        splits[split] = SplitPlan(
+            records=records,
+            plan=_plan_hash(encode, records, [item.post.sha256 for item in items]),
+            list_text="".join(f"{item.post.path} {item.label}\n" for item in items),
+            counts={"records": len(items), "good": good, "bad": len(items) - good,
+                    "authors": len({item.post.author for item in items})},
+            ratio=getattr(s, f"{split}_ratio"))
+    return Plan(settings=dict(s), run_name=s.run_name, run_dir=cfg.runs_dir / s.run_name,
+                encode=encode, group_size=s.group_size, n_posts=len(posts), eligible=eligible,
+                excluded=excluded, labeled=labeled, rows=rows,
+                n_authors=len({item.post.author for item in labeled}), splits=splits)
+
+
+def build(plan: Plan, workers: Workers, *, commit_every: int) -> Built:
+    """Write each split's LMDB beside the run folder's (``<split>_lmdb.partial``) unless the
+    published one already holds the same plan; then the mean over train, as
+    compute_image_mean computes it. Nothing in the run folder is replaced yet."""
+    run_dir = plan.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _read_manifest(run_dir / "manifest.json")
+    old_plans = manifest.get("plans", {})
+    built = []
+    for split, sp in plan.splits.items():
+        records = sp.records
         target = run_dir / f"{split}_lmdb"
-        if old_plans.get(split) == plans[split] and target.is_dir():
+        if old_plans.get(split) == sp.plan and target.is_dir():
             log.info("%s: up to date", target)
             shutil.rmtree(partial_path(target), ignore_errors=True)   # a stale, abandoned build
             continue
-        if not items and getattr(s, f"{split}_ratio") > 0:
+        if not records and sp.ratio > 0:
             log.warning("the %s split is empty (too few authors for the ratios)", split)
-        resumed = build_lmdb(target, records, settings, plan=plans[split], processes=workers,
-                             commit_every=s.commit_every, desc=f"{split}_lmdb")
+        resumed = build_lmdb(target, records, plan.encode, plan=sp.plan, processes=workers,
+                             commit_every=commit_every, desc=f"{split}_lmdb")
         if resumed:
             log.info("%s: resumed after %d committed records", target, resumed)
         built.append(split)
 
-    # 3. The mean over train, as compute_image_mean computes it.
     mean = None
-    if "train" not in built and manifest.get("mean_plan") == plans["train"]:
+    if "train" not in built and manifest.get("mean_plan") == plan.splits["train"].plan:
         mean = _read_mean(run_dir)
     if mean is None:
         train_db = run_dir / "train_lmdb"
         mean = compute_mean(partial_path(train_db) if "train" in built else train_db, workers)
+    return Built(built, mean)
 
-    # 4. Put everything in place; the manifest goes last.
-    _write_atomic(run_dir / "labels.csv", _labels_csv(rows))
-    for split in SPLITS:
-        _write_atomic(run_dir / f"{split}.txt", lists[split])
-    _write_atomic(run_dir / "mean.binaryproto", mean_to_binaryproto(mean.mean))
-    _write_atomic(run_dir / "mean.json", json.dumps(mean.to_json(), indent=1) + "\n")
-    for split in built:
-        publish(run_dir / f"{split}_lmdb")
-    with catalog.transaction():
-        catalog.execute("DELETE FROM labels WHERE label_run = ?", (s.run_name,))
-        catalog.db.executemany(
-            "INSERT INTO labels (label_run, post_id, audience, grp, rank, label, split) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(s.run_name, item.post.post_id, item.audience, item.group, item.rank, item.label,
-              split) for item, split in rows])
-    text = _summary_text(s.run_name, len(posts), eligible, excluded, labeled, s.group_size,
-                         counts, n_authors, settings, mean, run_dir)
-    result = {"run": s.run_name, "posts": len(posts), "eligible": len(eligible),
-              "excluded": excluded, "labeled": len(labeled),
-              "groups": len(labeled) // s.group_size, "splits": counts,
-              "mean_value_bgr": mean.channel_means, "text": text}
-    _write_atomic(run_dir / "manifest.json", json.dumps(
-        {"settings": dict(s), "plans": plans, "mean_plan": plans["train"], "summary": result},
-        indent=1) + "\n")
-    return {**result, "rebuilt": built}
+
+def publish(plan: Plan, built: Built, catalog) -> dict:
+    """Put everything in place (the manifest goes last), store the labels in the catalog;
+    -> the run's summary."""
+    run_dir, mean = plan.run_dir, built.mean
+    atomic_write(run_dir / "labels.csv", _labels_csv(plan.rows))
+    for split, sp in plan.splits.items():
+        atomic_write(run_dir / f"{split}.txt", sp.list_text)
+    atomic_write(run_dir / "mean.binaryproto", mean_to_binaryproto(mean.mean))
+    atomic_write(run_dir / "mean.json", json.dumps(mean.to_json(), indent=1) + "\n")
+    for split in built.rebuilt:
+        publish_lmdb(run_dir / f"{split}_lmdb")
+    catalog.replace_labels(plan.run_name, [
+        LabelRecord(item.post.post_id, item.audience, item.group, item.rank, item.label, split)
+        for item, split in plan.rows])
+    counts = {split: sp.counts for split, sp in plan.splits.items()}
+    plans = {split: sp.plan for split, sp in plan.splits.items()}
+    text = _summary_text(plan.run_name, plan.n_posts, plan.eligible, plan.excluded,
+                         plan.labeled, plan.group_size, counts, plan.n_authors, plan.encode,
+                         mean, run_dir)
+    result = {"run": plan.run_name, "posts": plan.n_posts, "eligible": len(plan.eligible),
+              "excluded": plan.excluded, "labeled": len(plan.labeled),
+              "groups": len(plan.labeled) // plan.group_size, "splits": counts,
+              "mean_value_bgr": mean.channel_means, SUMMARY_TEXT: text}
+    atomic_write(run_dir / "manifest.json", json.dumps(
+        {"settings": plan.settings, "plans": plans, "mean_plan": plans["train"],
+         "summary": result}, indent=1) + "\n")
+    return {**result, "rebuilt": built.rebuilt}

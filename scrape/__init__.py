@@ -11,5 +11,5 @@ scripts/scrape.sh and the demo call it); posts and downloads go into the shared 
   images      decode before keep; the images/<aa>/<sha256>.<ext> store
   downloader  the download threads, recording each outcome
   folder      the folder source (your images + a metadata CSV)
-  tally       what a run did, for its summary line
+  counters    the names of what a run counts (its summary's keys)
 """

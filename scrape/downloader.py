@@ -12,10 +12,12 @@ import concurrent.futures as cf
 import threading
 
 from deepselfie.catalog import Catalog
+from deepselfie.tally import Tally
+
+from .counters import IMAGES_FAILED, IMAGES_KEPT, IMAGES_REUSED, IMAGES_SKIPPED
 from .fetch import Fetcher, FetchError
 from .images import ImageStore, Rejected
 from .pacing import Stopped
-from .tally import Tally
 
 
 class Downloader:
@@ -90,7 +92,7 @@ class Downloader:
         known = cat.image_for_url(url)
         if known:
             cat.record_download(media_id, "ok", sha256=known, attempts=0)
-            self._done("images_reused")
+            self._done(IMAGES_REUSED)
             return
         try:
             resp = self.fetcher.get(url, bucket="media", max_bytes=self.max_bytes)
@@ -100,14 +102,14 @@ class Downloader:
         except FetchError as e:
             status = "skipped" if e.permanent else "failed"
             cat.record_download(media_id, status, e.reason)
-            self._done(f"images_{status}", e.reason)
+            self._done(IMAGES_SKIPPED if e.permanent else IMAGES_FAILED, e.reason)
             return
         except Rejected as e:
             cat.record_download(media_id, "skipped", e.reason)
-            self._done("images_skipped", e.reason)
+            self._done(IMAGES_SKIPPED, e.reason)
             return
         cat.keep_image(media_id, image)
-        self._done("images_kept")
+        self._done(IMAGES_KEPT)
 
     def _done(self, what: str, reason: str | None = None) -> None:
         self.tally.add(what, reason)

@@ -15,12 +15,13 @@ import pathlib
 import urllib.parse
 import urllib.request
 
+from deepselfie.catalog import Catalog, MediaRecord, PostRecord, to_iso
 from deepselfie.console import progress
 from deepselfie.errors import UserError
+from deepselfie.tally import Tally
 
-from deepselfie.catalog import Catalog, MediaRecord, PostRecord, to_iso
+from .counters import IMAGES_KEPT, IMAGES_SKIPPED, POSTS_NEW, POSTS_SEEN_AGAIN
 from .images import ImageStore, Rejected
-from .tally import Tally
 
 COLUMNS = ("file", "uri", "author", "followers", "likes", "tags", "created_at", "fetched_at")
 REQUIRED = ("file", "author", "followers", "likes", "created_at")
@@ -122,7 +123,7 @@ def import_folder(cat: Catalog, store: ImageStore, posts: list[PostRecord], *, t
                 break
             post_id, is_new = cat.upsert_post(post)
             new += is_new
-            tally.add("posts_new" if is_new else "posts_seen_again")
+            tally.add(POSTS_NEW if is_new else POSTS_SEEN_AGAIN)
             for media_id, url in cat.pending_downloads(schemes=("file",), post_ids=[post_id]):
                 _keep_file(cat, store, media_id, url, tally, max_bytes)
             bar.update(1)
@@ -145,7 +146,7 @@ def _keep_file(cat, store, media_id, url, tally, max_bytes) -> None:
         reason = f"unreadable file ({e.strerror or e})"
     else:
         cat.keep_image(media_id, image)
-        tally.add("images_kept")
+        tally.add(IMAGES_KEPT)
         return
     cat.record_download(media_id, "skipped", reason)
-    tally.add("images_skipped", reason)
+    tally.add(IMAGES_SKIPPED, reason)

@@ -17,19 +17,21 @@ import json
 import os
 import re
 import threading
-import time
 import urllib.parse
 
-from deepselfie.console import get_logger, progress, summary
-from deepselfie.errors import UserError
-
 from deepselfie.catalog import Catalog, host_of, utcnow
+from deepselfie.console import get_logger, progress
+from deepselfie.errors import UserError
+from deepselfie.tally import Tally, closing_line
+
+from .counters import (AUTHORS_FLAGGED_OPTED_OUT, HOME_REFRESH_FAILED, HOME_REFRESHED,
+                       IMAGES_FAILED, IMAGES_KEPT, IMAGES_REUSED, IMAGES_SKIPPED, PAGES,
+                       POSTS_NEW, POSTS_SEEN_AGAIN, POSTS_SKIPPED, TAG_ERRORS)
 from .downloader import Downloader
 from .fetch import Fetcher, FetchError
 from .folder import import_folder, read_metadata
 from .images import ImageStore
 from .mastodon import Skip, home_status_api, parse_status
-from .tally import Tally
 from .timeline import PageError, TagTimeline
 
 log = get_logger("scrape")
@@ -74,33 +76,19 @@ def run_scrape(cfg, *, source=None, servers=None, tags=None, max_posts=None, fol
 
     data_dir = cfg.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    tally = Tally()
-    started = time.monotonic()
     with stage_lock(data_dir), Catalog(cfg.catalog_path) as cat:
         cat.mark_interrupted("scrape")
         store = ImageStore(data_dir, max_pixels=sc.max_pixels, min_side=sc.min_side)
         store.clean_temp()
-        run_id = cat.start_run("scrape", args)
-        status = "failed"
-        try:
+        with closing_line(cat.run("scrape", args),
+                          lambda run: describe(run.tally, run.seconds)) as run:
             if source == "folder":
-                import_folder(cat, store, posts, tally=tally, max_posts=max_posts,
+                import_folder(cat, store, posts, tally=run.tally, max_posts=max_posts,
                               max_bytes=sc.max_bytes)
             else:
-                _scrape_mastodon(cfg, cat, store, tally, servers=servers, tags=tags,
+                _scrape_mastodon(cfg, cat, store, run.tally, servers=servers, tags=tags,
                                  tokens=tokens, max_posts=max_posts, concurrency=concurrency)
-            status = "done"
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
-        finally:
-            result = {"status": status, "seconds": round(time.monotonic() - started, 3),
-                      **tally.as_dict()}
-            cat.finish_run(run_id, result, status)
-            if status != "failed":
-                summary("scrape", describe(tally, result["seconds"])
-                        + ("" if status == "done" else f" ({status}: run again to go on)"))
-    return result
+    return run.summary()
 
 
 def _scrape_mastodon(cfg, cat, store, tally, *, servers, tags, tokens, max_posts, concurrency):
@@ -158,11 +146,11 @@ def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home
         if page is None:   # leave this tag for this run; the cursor stays on the failed page
             with cat.transaction():
                 cat.set_cursor(server, tag, {**cursor, "error": error})
-            tally.add("tag_errors", f"{server} #{tag}: {error}")
+            tally.add(TAG_ERRORS, f"{server} #{tag}: {error}")
             log.warning("%s #%s: %s (the next run starts again from this page)",
                         server, tag, error)
             return new
-        tally.add("pages")
+        tally.add(PAGES)
 
         fetched_at = utcnow()
         posts, opted_out = [], []
@@ -171,7 +159,7 @@ def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home
             if refresh_home and not isinstance(post, Skip):
                 post = _refresh_from_home(post, fetcher, tokens, tally)
             if isinstance(post, Skip):
-                tally.add("posts_skipped", post.reason)
+                tally.add(POSTS_SKIPPED, post.reason)
                 if post.opted_out:
                     opted_out.append(post.opted_out)
             else:
@@ -181,7 +169,7 @@ def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home
         with cat.transaction():
             for acct in opted_out:
                 if cat.mark_opted_out(acct):
-                    tally.add("authors_flagged_opted_out")
+                    tally.add(AUTHORS_FLAGGED_OPTED_OUT)
             for post in posts:
                 if budget is not None and new >= budget:
                     complete = False      # --max-posts: the rest of this page waits
@@ -189,12 +177,12 @@ def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home
                 post_id, is_new = cat.upsert_post(post)
                 post_ids.append(post_id)
                 new += is_new
-                tally.add("posts_new" if is_new else "posts_seen_again")
+                tally.add(POSTS_NEW if is_new else POSTS_SEEN_AGAIN)
             if complete:
                 cat.set_cursor(server, tag, page.cursor)
         downloader.submit(cat.pending_downloads(post_ids=post_ids))
-        downloader.note(f"{host_of(server)} #{tag}: {tally['pages']} pages, "
-                        f"{tally['posts_new']} new posts")
+        downloader.note(f"{host_of(server)} #{tag}: {tally[PAGES]} pages, "
+                        f"{tally[POSTS_NEW]} new posts")
         if not complete:
             break
         cursor = page.cursor
@@ -208,7 +196,7 @@ def _refresh_from_home(post, fetcher, tokens, tally):
         return post
     api = home_status_api(post.uri)
     if api is None:
-        tally.add("home_refresh_failed", "uri form not known")
+        tally.add(HOME_REFRESH_FAILED, "uri form not known")
         return post
     parts = urllib.parse.urlsplit(api)
     home = f"{parts.scheme}://{parts.netloc}"
@@ -219,16 +207,16 @@ def _refresh_from_home(post, fetcher, tokens, tally):
         status = json.loads(fetcher.get(api, bucket="api", headers=headers,
                                         max_bytes=5_000_000).body)
     except FetchError as e:
-        tally.add("home_refresh_failed", e.reason)
+        tally.add(HOME_REFRESH_FAILED, e.reason)
         return post
     except ValueError:
-        tally.add("home_refresh_failed", "malformed JSON")
+        tally.add(HOME_REFRESH_FAILED, "malformed JSON")
         return post
     fresh = parse_status(status, server=home, fetched_at=post.fetched_at)
     if not isinstance(fresh, Skip) and fresh.uri != post.uri:
-        tally.add("home_refresh_failed", "home server answered with another post")
+        tally.add(HOME_REFRESH_FAILED, "home server answered with another post")
         return post
-    tally.add("home_refreshed")
+    tally.add(HOME_REFRESHED)
     return fresh
 
 
@@ -286,18 +274,18 @@ def stage_lock(data_dir):
 
 def describe(tally: Tally, seconds: float) -> str:
     """The closing summary line: kept, skipped by reason."""
-    parts = [f"{tally['posts_new']} new posts ({tally['posts_seen_again']} seen again, "
-             f"{tally['pages']} pages)"]
-    parts.append(f"{tally['images_kept']} images kept"
-                 + (f" ({tally['images_reused']} reused by url)" if tally['images_reused']
+    parts = [f"{tally[POSTS_NEW]} new posts ({tally[POSTS_SEEN_AGAIN]} seen again, "
+             f"{tally[PAGES]} pages)"]
+    parts.append(f"{tally[IMAGES_KEPT]} images kept"
+                 + (f" ({tally[IMAGES_REUSED]} reused by url)" if tally[IMAGES_REUSED]
                     else ""))
-    for what, label in (("images_skipped", "images skipped"),
-                        ("images_failed", "images failed, retried next run"),
-                        ("posts_skipped", "posts skipped"),
-                        ("home_refreshed", "refreshed from home"),
-                        ("home_refresh_failed", "home refreshes failed"),
-                        ("authors_flagged_opted_out", "authors we had flagged as opted out"),
-                        ("tag_errors", "tags stopped early")):
+    for what, label in ((IMAGES_SKIPPED, "images skipped"),
+                        (IMAGES_FAILED, "images failed, retried next run"),
+                        (POSTS_SKIPPED, "posts skipped"),
+                        (HOME_REFRESHED, "refreshed from home"),
+                        (HOME_REFRESH_FAILED, "home refreshes failed"),
+                        (AUTHORS_FLAGGED_OPTED_OUT, "authors we had flagged as opted out"),
+                        (TAG_ERRORS, "tags stopped early")):
         text = tally.describe(what, label)
         if text:
             parts.append(text)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from deepselfie.catalog import Catalog, MediaRecord, PostRecord
+from deepselfie.catalog import Catalog, FaceRecord, FaceScan, MediaRecord, PostRecord
 
 FETCHED = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
 
@@ -69,14 +69,12 @@ def make_catalog(data_dir, specs) -> dict:
             post_id, _ = cat.upsert_post(post)
             if s.image is None:
                 continue
-            media_id = cat.execute("SELECT id FROM media WHERE post_id = ?",
-                                   (post_id,)).fetchone()[0]
+            ((media_id, _),) = cat.pending_downloads(post_ids=[post_id])
             sha, rel = store_image(cat, data_dir, image_bytes(s.image, s.size, s.fmt), s.fmt)
             cat.record_download(media_id, "ok", sha256=sha)
             if s.faces is not None:
-                cat.execute("INSERT OR REPLACE INTO face_scans (sha256, n_faces, detector, "
-                            "scanned_at) VALUES (?, ?, 'test', '2026-03-02T00:00:00+00:00')",
-                            (sha, s.faces))
+                face = FaceRecord((0, 0, 8, 8), 0.9)
+                cat.record_face_scans([FaceScan(sha, (face,) * s.faces, None)], "test")
             paths[s.uri] = rel
     return paths
 

@@ -1,10 +1,14 @@
 """The SQLite catalog: migrations, upserts keyed by uri, downloads, export rows."""
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
 from deepselfie.errors import UserError
-from deepselfie.catalog import EXPORT_KEYS, SCHEMA_VERSION, Catalog, MediaRecord, PostRecord, to_iso
+from deepselfie.catalog import (EXPORT_KEYS, SCHEMA_VERSION, Catalog, FaceRecord, FaceScan,
+                                LabelablePost, LabelRecord, MediaRecord, PostRecord, StoredImage,
+                                to_iso)
 
 
 def _post(uri="https://a.example/p/1", likes=3, **kw):
@@ -110,8 +114,12 @@ def test_cursors_runs_and_export_keys(tmp_path):
         assert cat.get_cursor("https://a.example", "selfie") is None
         cat.set_cursor("https://a.example", "selfie", {"next": "u", "done": False})
         assert cat.get_cursor("https://a.example", "selfie") == {"next": "u", "done": False}
-        cat.start_run("scrape")
+        killed = ("import os, sys\nfrom deepselfie.catalog import Catalog\n"
+                  "with Catalog(sys.argv[1]).run('scrape'):\n    os._exit(9)\n")
+        subprocess.run([sys.executable, "-c", killed, str(cat.path)], check=False)
+        assert cat.runs("scrape")[0]["status"] == "running"     # its process died mid-run
         assert cat.mark_interrupted("scrape") == 1
+        assert cat.runs("scrape")[0]["status"] == "interrupted"
         cat.upsert_post(_post())
         (row,) = cat.export_rows()
         assert tuple(row) == EXPORT_KEYS
@@ -124,3 +132,79 @@ def test_opted_out_authors_we_have_are_flagged(tmp_path):
         assert not cat.mark_opted_out("stranger@b.example")   # not recorded at all
         assert [tuple(r) for r in cat.execute("SELECT acct, noindex FROM authors")] == [
             ("alice@a.example", 1)]
+
+
+def test_a_run_records_its_outcome_counters_and_details(tmp_path):
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        with cat.run("faces", {"rescan": True}) as run:
+            run.add("scanned", n=3)
+            run.add("unreadable", "bad header (byte 12)")
+            run.details["detector"] = "test"
+            assert cat.runs("faces")[0]["status"] == "running"
+        assert run.status == "done"
+        with pytest.raises(KeyboardInterrupt), cat.run("faces") as stopped:
+            stopped.add("scanned")
+            raise KeyboardInterrupt
+        with pytest.raises(ValueError), cat.run("label"):
+            raise ValueError("no groups")
+        done, interrupted = cat.runs("faces")
+        (failed,) = cat.runs("label")
+    assert done["args"] == {"rescan": True} and done["finished_at"]
+    assert done["summary"]["scanned"] == 3 and done["summary"]["detector"] == "test"
+    assert done["summary"]["unreadable"] == {"count": 1, "reasons": {"bad header": 1}}
+    assert done["summary"]["status"] == "done" and done["summary"]["seconds"] >= 0
+    assert run.summary() == done["summary"]               # the clock stopped with the run
+    assert interrupted["status"] == "interrupted" and interrupted["summary"]["scanned"] == 1
+    assert failed["status"] == "failed" and failed["summary"]["error"] == "no groups"
+
+
+def _image(cat, sha, w=10, h=8):
+    image = StoredImage(sha, f"images/{sha[:2]}/{sha}.png", w, h, 100, "PNG")
+    cat.add_image(image.sha256, image.path, image.width, image.height, image.bytes,
+                  image.format)
+    return image
+
+
+def test_face_scans_replace_earlier_ones_and_mark_images_scanned(tmp_path):
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        a, b = _image(cat, "a" * 64), _image(cat, "b" * 64)
+        assert cat.images_to_scan() == [a, b]
+        face = FaceRecord((1.234, 2, 7.777, 6), 0.99, [[2, 3]] * 5)
+        cat.record_face_scans([FaceScan(a.sha256, (face, face), 0.5)], "mtcnn test")
+        assert cat.images_to_scan() == [b]
+        assert cat.images_to_scan(rescan=True) == [a, b]
+        cat.record_face_scans([FaceScan(a.sha256, (face,), 0.25),
+                               FaceScan(b.sha256, (), 0.0)], "mtcnn again")
+        assert cat.images_to_scan() == []
+        scan = cat.face_scan(a.sha256)
+        assert cat.face_scan("c" * 64) is None
+        assert cat.counts()["images_with_faces"] == 1
+    assert scan["n_faces"] == 1 and scan["largest_share"] == 0.25
+    assert scan["detector"] == "mtcnn again"
+    assert scan["faces"] == [FaceRecord((1.23, 2.0, 7.78, 6.0), 0.99, [[2, 3]] * 5)]
+
+
+def test_labelable_posts_are_named_records_and_labels_are_replaced_per_run(tmp_path):
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        pid, _ = cat.upsert_post(_post(tags=["Selfie", "me"], likes=7))
+        pid2, _ = cat.upsert_post(_post(uri="https://a.example/p/2", media=[]))
+        image = _image(cat, "d" * 64)
+        ((media_id, _),) = cat.pending_downloads(post_ids=[pid])
+        cat.record_download(media_id, "ok", sha256=image.sha256)
+        cat.record_face_scans([FaceScan(image.sha256, (), 0.0)], "t")
+        first, second = cat.labelable_posts()
+        assert first == LabelablePost(
+            post_id=pid, uri="https://a.example/p/1", author="alice@a.example", followers=120,
+            likes=7, tags=("me", "selfie"), created_at="2026-01-02T03:04:05+00:00",
+            fetched_at="2026-03-01T00:00:00+00:00", sha256=image.sha256, path=image.path,
+            n_faces=0)
+        assert second.post_id == pid2 and second.sha256 is None and second.n_faces is None
+        cat.replace_labels("run1", [LabelRecord(pid, 1.5, 0, 0, 1, "train"),
+                                    LabelRecord(pid2, 1.0, 0, 1, 0, "val")])
+        cat.replace_labels("run2", [LabelRecord(pid, 2.5, 3, 4, 0, "test")])
+        cat.replace_labels("run1", [LabelRecord(pid2, 1.0, 0, 1, 0, "test")])
+        assert cat.labels("run1") == {"https://a.example/p/2": LabelRecord(pid2, 1.0, 0, 1, 0,
+                                                                            "test")}
+        assert cat.labels("run2") == {"https://a.example/p/1": LabelRecord(pid, 2.5, 3, 4, 0,
+                                                                            "test")}
+        assert cat.counts()["labeled_posts"] == 2

@@ -18,6 +18,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, cli):
         assert key in out
     assert set(out["stages"]) == {"scrape", "faces", "label", "train", "score"}
     assert out["stages"]["scrape"]["posts_new"] == out["posts"]
+    assert "posts_seen_again" in out["stages"]["scrape"]        # counters by their real names
     faces = out["stages"]["faces"]
     assert 0 < faces["with_faces"] < faces["scanned"]            # the face filter acts
     excluded = out["stages"]["label"]["excluded"]
@@ -29,4 +30,5 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, cli):
         assert (report / f).stat().st_size > 0, f
     html = (report / "index.html").read_text()
     assert "synthetic" in html and "Held-out accuracy" in html
+    assert "<table class='stages'>" in html and "<pre>" not in html
     assert str(report / "index.html") in r.stdout

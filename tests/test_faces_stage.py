@@ -57,21 +57,22 @@ def test_the_stage_marks_each_image_with_its_faces_and_resumes(cli, data_dir, mo
     assert last.startswith("faces: scanned 3 images") and "2 with faces (2 faces)" in last
     assert "1 unreadable" in last and shas["broken"][:12] in res.stderr
     with Catalog(data_dir / "catalog.sqlite") as cat:
-        scans = {r["sha256"]: r for r in cat.execute("SELECT * FROM face_scans")}
-        assert set(scans) == {shas["astronaut"], shas["coffee"], shas["hopper_png"]}
+        scans = {sha: cat.face_scan(sha) for sha in shas.values()}
+        assert {sha for sha, scan in scans.items() if scan} == {
+            shas["astronaut"], shas["coffee"], shas["hopper_png"]}
         assert scans[shas["coffee"]]["n_faces"] == 0
         assert scans[shas["coffee"]]["largest_share"] == 0
         a = scans[shas["astronaut"]]
         assert a["n_faces"] == 1 and "mtcnn facenet-pytorch-2.6.0" in a["detector"]
-        (face,) = cat.execute("SELECT * FROM faces WHERE sha256 = ?", (shas["astronaut"],))
-        box = (face["x1"], face["y1"], face["x2"], face["y2"])
-        assert iou(box, ASTRONAUT_FACE) > 0.5 and face["score"] > 0.99
+        (face,) = a["faces"]
+        box = face.box
+        assert iou(box, ASTRONAUT_FACE) > 0.5 and face.score > 0.99
         assert a["largest_share"] == pytest.approx(
             (box[2] - box[0]) * (box[3] - box[1]) / (512 * 512), rel=1e-3)
-        marks = json.loads(face["landmarks"])
+        marks = face.landmarks
         assert len(marks) == 5 and all(len(p) == 2 for p in marks)
-        run = cat.execute("SELECT * FROM runs WHERE stage = 'faces'").fetchone()
-        assert run["status"] == "done" and json.loads(run["summary"])["faces"] == 2
+        (run,) = cat.runs("faces")
+        assert run["status"] == "done" and run["summary"]["faces"] == 2
         _store(data_dir, cat, "chelsea", photo("chelsea"))
 
     again = cli("faces", *_opts(data_dir, models_dir))                  # only what is new
@@ -81,11 +82,13 @@ def test_the_stage_marks_each_image_with_its_faces_and_resumes(cli, data_dir, mo
     rescan = cli("faces", "--rescan", *_opts(data_dir, models_dir))
     assert rescan.returncode == 0 and "scanned 4 images" in rescan.stdout
     with Catalog(data_dir / "catalog.sqlite") as cat:
-        assert cat.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 2
-        assert cat.execute("SELECT COUNT(*) FROM face_scans").fetchone()[0] == 4
+        scans = [cat.face_scan(image.sha256) for image in cat.images_to_scan(rescan=True)]
+        assert sum(len(scan["faces"]) for scan in scans if scan) == 2
+        assert cat.counts()["face_scans"] == 4
 
 
-def test_an_interrupted_scan_keeps_the_batches_it_finished(data_dir, models_dir, monkeypatch):
+def test_an_interrupted_scan_keeps_the_batches_it_finished(data_dir, models_dir, monkeypatch,
+                                                          capsys):
     from models.faces import stage
     from models.faces.detect import FaceDetector
     cfg = load_config(None, data_dir=data_dir, overrides=[
@@ -101,9 +104,12 @@ def test_an_interrupted_scan_keeps_the_batches_it_finished(data_dir, models_dir,
     monkeypatch.setattr(FaceDetector, "detect", detect_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         stage.scan(cfg)
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("faces: scanned 1 images") and line.endswith(
+        "(interrupted: run again to go on)")
     with Catalog(data_dir / "catalog.sqlite") as cat:
-        assert cat.execute("SELECT COUNT(*) FROM face_scans").fetchone()[0] == 1
-        assert cat.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+        assert cat.counts()["face_scans"] == 1
+        assert [run["status"] for run in cat.runs()] == ["interrupted"]
     monkeypatch.setattr(FaceDetector, "detect", real)
     result = stage.scan(cfg)
     assert result["already_scanned"] == 1 and result["scanned"] == 2

@@ -39,8 +39,7 @@ def labeled(tmp_path, cli, monkeypatch):
     # replace the generated images by ones whose "likes" follow a visible property
     from deepselfie.catalog import Catalog
     with Catalog(data / "catalog.sqlite") as cat:
-        rows = cat.execute("SELECT p.uri, p.likes, i.path FROM posts p JOIN media m ON "
-                           "m.post_id = p.id JOIN images i ON i.sha256 = m.sha256").fetchall()
+        rows = [(p.uri, p.likes, p.path) for p in cat.labelable_posts() if p.path]
     for uri, likes, rel in rows:
         _image(likes >= 80, int(uri[-6:])).save(data / rel, format="PNG")
     r = cli("label", "--data-dir", data, "--set", "label.group_size=20", "--set",

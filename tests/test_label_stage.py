@@ -113,9 +113,8 @@ def test_known_answer_labels_groups_splits_and_lmdbs(catalog_dir):
 
     # the catalog holds the same group, rank, label and split
     with Catalog(catalog_dir / "catalog.sqlite") as cat:
-        stored = {r[0][-2:]: (r[1], r[2], r[3], r[4]) for r in cat.execute(
-            "SELECT p.uri, l.grp, l.rank, l.label, l.split FROM labels l "
-            "JOIN posts p ON p.id = l.post_id WHERE l.label_run = 'selfie'")}
+        stored = {uri[-2:]: (r.group, r.rank, r.label, r.split)
+                  for uri, r in cat.labels("selfie").items()}
     assert stored == {k: v + (splits[AUTHORS[k]],) for k, v in EXPECTED.items()}
 
     # list files and LMDBs: the same rows as labels.csv, keyed like convert_imageset
@@ -206,8 +205,7 @@ def test_an_interrupted_build_resumes_after_its_last_commit(catalog_dir, monkeyp
     assert len(lmdb_items(run / "train_lmdb.partial")) == 2
     assert not (run / "train_lmdb").exists() and not (run / "labels.csv").exists()
     with Catalog(catalog_dir / "catalog.sqlite") as cat:
-        assert cat.execute("SELECT status FROM runs ORDER BY id DESC").fetchone()[0] == \
-            "interrupted"
+        assert cat.runs("label")[-1]["status"] == "interrupted"
 
     calls.clear()
     monkeypatch.setattr(lmdb_writer, "encode_chunk", lambda task: calls.append(1) or real(task))

@@ -16,6 +16,10 @@ import time
 import numpy as np
 
 from deepselfie.console import get_logger, summary
+from deepselfie.tally import SECONDS
+from label.stage import SUMMARY_TEXT
+from models.faces.stage import FACES, SCANNED, WITH_FACES
+from scrape.counters import IMAGES_KEPT, POSTS_NEW, POSTS_SEEN_AGAIN
 
 from . import corpus as corpus_mod
 
@@ -49,23 +53,44 @@ def write_small_net_files(run_dir, out: pathlib.Path, *, max_iter: int, test_int
                           batch_size: int | None = None) -> pathlib.Path:
     """The small net's train_val and solver pointed at a label run folder, written into ``out``
     (Caffe resolves paths against the working directory, so these are absolute); snapshots go
-    to ``out/selfie_small_iter_<max_iter>.caffemodel``. Returns the solver's path."""
+    to ``out/selfie_small_iter_<max_iter>.caffemodel``. Returns the solver's path.
+
+    The shipped prototxts are read as NetParameter / SolverParameter, changed field by field and
+    written back, so a reformatted or commented prototxt changes nothing here."""
+    from models.caffe.proto import caffe_pb2
+    from models.caffe.protoio import read_prototxt, write_prototxt
     run_dir, out = pathlib.Path(run_dir).resolve(), pathlib.Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    tv = (ROOT / "prototxt" / "selfie_small_train_val.prototxt").read_text()
-    tv = tv.replace("data/runs/selfie/", f"{run_dir}/")
-    if batch_size is not None:
-        tv = tv.replace("batch_size: 32", f"batch_size: {batch_size}")
-    (out / "train_val.prototxt").write_text(tv)
-    solver = (ROOT / "prototxt" / "selfie_small_solver.prototxt").read_text()
-    solver = solver.replace('"prototxt/selfie_small_train_val.prototxt"',
-                            f'"{out / "train_val.prototxt"}"')
-    solver = solver.replace("max_iter: 300", f"max_iter: {max_iter}")
-    solver = solver.replace("test_interval: 50", f"test_interval: {test_interval}")
-    solver = solver.replace("snapshot: 100", "snapshot: 0")
-    solver = solver.replace('"data/snapshots/selfie_small"', f'"{out / "selfie_small"}"')
-    (out / "solver.prototxt").write_text(solver)
+
+    net = read_prototxt(ROOT / "prototxt" / "selfie_small_train_val.prototxt",
+                        caffe_pb2.NetParameter)
+    data_layers = [layer for layer in net.layer if layer.HasField("data_param")]
+    if not data_layers:
+        raise ValueError("selfie_small_train_val.prototxt has no Data layer")
+    for layer in data_layers:
+        layer.data_param.source = str(run_dir / pathlib.PurePosixPath(
+            layer.data_param.source).name)                 # .../train_lmdb, .../val_lmdb
+        if layer.transform_param.HasField("mean_file"):
+            layer.transform_param.mean_file = str(run_dir / "mean.binaryproto")
+        if batch_size is not None:
+            layer.data_param.batch_size = batch_size
+    train_val = out / "train_val.prototxt"
+    write_prototxt(train_val, net)
+
+    solver = read_prototxt(ROOT / "prototxt" / "selfie_small_solver.prototxt",
+                           caffe_pb2.SolverParameter)
+    solver.net = str(train_val)
+    solver.max_iter = max_iter
+    solver.test_interval = test_interval
+    solver.snapshot = 0                                  # only the last iteration's snapshot
+    solver.snapshot_prefix = str(out / "selfie_small")
+    write_prototxt(out / "solver.prototxt", solver)
     return out / "solver.prototxt"
+
+
+def _pick(result: dict, keys) -> dict:
+    """These counters of a stage's summary (one it did not count is 0)."""
+    return {key: result.get(key, 0) for key in keys}
 
 
 def _score_split(scorer, run_dir: pathlib.Path, data_dir: pathlib.Path, split: str):
@@ -115,12 +140,14 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
     """Run the whole pipeline on the demo corpus; returns summary.json's content."""
     import torch
 
-    from label.stage import run_label
     from deepselfie.report import pictures
+    from label.stage import run_label
     from models.caffe.tool import train
     from models.faces.stage import scan
     from models.selfie.score import Scorer
     from scrape.stage import run_scrape
+
+    from . import report
     from .mastodon import MastodonAPIServer
 
     size = QUICK if quick else FULL
@@ -197,10 +224,9 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
         (report_dir / "training_curve.png").write_bytes(curve.read_bytes())
 
     stages = {
-        "scrape": {k: scraped.get(k) for k in ("posts_new", "posts_seen", "images_kept",
-                                               "seconds") if k in scraped} or scraped,
-        "faces": {k: faces[k] for k in ("scanned", "with_faces", "faces") if k in faces},
-        "label": {k: v for k, v in labeled.items() if k != "text"},
+        "scrape": _pick(scraped, (POSTS_NEW, POSTS_SEEN_AGAIN, IMAGES_KEPT, SECONDS)),
+        "faces": _pick(faces, (SCANNED, WITH_FACES, FACES)),
+        "label": {k: v for k, v in labeled.items() if k != SUMMARY_TEXT},
         "train": {"max_iter": size.max_iter, "weights": str(weights)},
         "score": {"heldout_images": len(results), "skipped": len(failed),
                   "test_split_images": len(test_scored)},
@@ -219,25 +245,8 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
         "report": str(report_dir / "index.html"),
         "engagement": "synthetic: likes follow the article's cues plus noise",
     }
-    sections = [
-        ("How this demo was made",
-         "<p>The posts, authors, followers, tags, dates and likes are <b>synthetic</b>: images "
-         "are made from real portraits (scikit-image's astronaut, matplotlib's Grace Hopper) "
-         "and photos without people, and each post's expected likes follow the cues the "
-         "article reports (face about a third of the frame, filters, borders, good light, no "
-         "groups, not too close) plus noise. Every stage ran through the same code a real run "
-         "uses; only the Mastodon server was local.</p>"),
-        ("Stages", "<pre>" + json.dumps(stages, indent=1, default=str) + "</pre>"),
-        ("Held-out accuracy",
-         f"<p><b>{test_acc:.1%}</b> of the {len(test_scored)} test-split images (authors the "
-         "net never trained on) are on the right side of 0.5.</p>"),
-        ("Training", "<img src='training_curve.png'>" if curve.exists() else "<p>(no curve)</p>"),
-        ("Score by cue", "<img src='cues.png'><table><tr><th>cue</th><th>with</th>"
-         "<th>without</th><th>images with</th><th>effect on likes (log)</th></tr>" + "".join(
-             f"<tr><td>{r['cue']}</td><td>{r['with']:.3f}</td><td>{r['without']:.3f}</td>"
-             f"<td>{r['n_with']}</td><td>{r['effect_on_likes']:+.2f}</td></tr>" for r in table)
-         + "</table>"),
-    ]
+    sections = report.sections(stages, accuracy=test_acc, n_test=len(test_scored),
+                               curve=curve.exists(), cues=table)
     pictures.html_report(report_dir, results, failed, title="deepselfie demo: what the net "
                          "thinks about these #selfies", top=24, worst=24, sections=sections)
     (report_dir / "summary.json").write_text(json.dumps(out, indent=1, default=str) + "\n")

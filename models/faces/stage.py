@@ -9,12 +9,20 @@ there. Coordinates are pixels of the full-size image as displayed.
 from __future__ import annotations
 
 import json
-import time
 
 from deepselfie.console import get_logger, progress, summary
 from deepselfie.errors import UserError
+from deepselfie.tally import closing_line
 
 log = get_logger("faces")
+
+# The stage's counters, as its summary (and the catalog's runs table) names them.
+IMAGES = "images"                     # images in the catalog
+ALREADY_SCANNED = "already_scanned"   # scanned by an earlier run (left alone)
+SCANNED = "scanned"                   # scanned by this run
+WITH_FACES = "with_faces"             # ... of which with at least one face
+FACES = "faces"                       # faces found by this run
+UNREADABLE = "unreadable"             # images that could not be decoded
 
 
 # ---------------------------------------------------------------- the detector from config
@@ -99,80 +107,67 @@ def detect_one(cfg, path, *, as_json=False, draw=None) -> int:
 
 def scan(cfg, *, rescan: bool = False) -> dict:
     """The stage: detect faces in every catalog image not scanned yet (all with ``rescan``),
-    record them, print the summary line; returns the summary as a dict."""
+    record them, print the summary line; returns the summary as a dict (keys: the counters
+    below, and status and seconds when something was scanned)."""
     from deepselfie.catalog import Catalog
     with Catalog(cfg.catalog_path, create=False) as cat:
-        total = cat.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-        todo = cat.execute(
-            """SELECT i.sha256, i.path FROM images i
-               LEFT JOIN face_scans s ON s.sha256 = i.sha256
-               WHERE ? OR s.sha256 IS NULL ORDER BY i.sha256""", (int(rescan),)).fetchall()
-        result = {"images": total, "already_scanned": total - len(todo), "scanned": 0,
-                  "with_faces": 0, "faces": 0, "unreadable": 0}
+        total = cat.counts()["images"]
+        todo = cat.images_to_scan(rescan=rescan)
+        counters = {IMAGES: total, ALREADY_SCANNED: total - len(todo), SCANNED: 0,
+                    WITH_FACES: 0, FACES: 0, UNREADABLE: 0}
         if not todo:
             summary("faces", "nothing to do: " + (
                 f"all {total} images are scanned (--rescan to scan them again)" if total else
                 "the catalog has no downloaded images yet (run `deepselfie scrape`)"))
-            return result
+            return counters
         detector, settings = load_detector(cfg)
         name = detector_name(settings)
-        run_id = cat.start_run("faces", {"rescan": rescan, "detector": name})
-        started = time.monotonic()
-        status = "failed"
-        try:
+        with closing_line(cat.run("faces", {"rescan": rescan, "detector": name}),
+                          _describe) as run:
+            for what, n in counters.items():
+                run.add(what, n=n)
             with progress(total=len(todo), desc="faces", unit="img") as bar:
                 for i in range(0, len(todo), cfg.faces.batch_size):
                     batch = todo[i:i + cfg.faces.batch_size]
-                    _scan_batch(cat, cfg, detector, name, batch, result)
+                    _scan_batch(cat, cfg, detector, name, batch, run)
                     bar.update(len(batch))
-            status = "done"
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
-        finally:
-            result["seconds"] = round(time.monotonic() - started, 2)
-            cat.finish_run(run_id, result, status)
-    rate = result["scanned"] / max(result["seconds"], 1e-9)
-    summary("faces", f"scanned {result['scanned']} images in {result['seconds']:.1f} s "
-                     f"({rate:.1f}/s): {result['with_faces']} with faces "
-                     f"({result['faces']} faces), {result['scanned'] - result['with_faces']} "
-                     f"without, {result['unreadable']} unreadable; "
-                     f"{result['already_scanned']} scanned before")
-    return result
+    return run.summary()
 
 
-def _scan_batch(cat, cfg, detector, name, batch, result):
-    from deepselfie.catalog import utcnow
+def _describe(run) -> str:
+    """The closing summary line."""
+    seconds = run.seconds
+    return (f"scanned {run[SCANNED]} images in {seconds:.1f} s "
+            f"({run[SCANNED] / max(seconds, 1e-9):.1f}/s): {run[WITH_FACES]} with faces "
+            f"({run[FACES]} faces), {run[SCANNED] - run[WITH_FACES]} without, "
+            f"{run[UNREADABLE]} unreadable; {run[ALREADY_SCANNED]} scanned before")
+
+
+def _scan_batch(cat, cfg, detector, name, batch, run):
+    from deepselfie.catalog import FaceRecord, FaceScan
 
     from .image import load_rgb
     loaded = []
-    for row in batch:
+    for image in batch:
         try:
-            rgb, scale = load_rgb(cfg.data_dir / row["path"], at_least=detector.max_side)
+            rgb, scale = load_rgb(cfg.data_dir / image.path, at_least=detector.max_side)
         except UserError as e:
-            log.warning("skipping %s: %s", row["sha256"][:12], e)
-            result["unreadable"] += 1
+            log.warning("skipping %s: %s", image.sha256[:12], e)
+            run.add(UNREADABLE)
             continue
-        loaded.append((row["sha256"], rgb, scale))
+        loaded.append((image.sha256, rgb, scale))
     if not loaded:
         return
     found = detector.detect([rgb for _, rgb, _ in loaded])
-    now = utcnow()
-    with cat.transaction():
-        for (sha, rgb, (sx, sy)), faces in zip(loaded, found):
-            faces = [f.scaled(sx, sy) for f in faces]
-            area = rgb.shape[0] * sy * rgb.shape[1] * sx
-            share = max((f.area for f in faces), default=0.0) / area
-            cat.execute("DELETE FROM faces WHERE sha256 = ?", (sha,))
-            for idx, f in enumerate(faces):
-                cat.execute(
-                    "INSERT INTO faces (sha256, idx, x1, y1, x2, y2, score, landmarks) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (sha, idx, *(round(v, 2) for v in f.box), float(f.score),
-                     json.dumps(f.to_json()["landmarks"])))
-            cat.execute(
-                "INSERT OR REPLACE INTO face_scans (sha256, n_faces, largest_share, detector, "
-                "scanned_at) VALUES (?, ?, ?, ?, ?)", (sha, len(faces), share, name, now))
-            result["scanned"] += 1
-            result["faces"] += len(faces)
-            result["with_faces"] += bool(faces)
+    scans = []
+    for (sha, rgb, (sx, sy)), faces in zip(loaded, found):
+        faces = [f.scaled(sx, sy) for f in faces]
+        area = rgb.shape[0] * sy * rgb.shape[1] * sx
+        share = max((f.area for f in faces), default=0.0) / area
+        scans.append(FaceScan(sha, tuple(FaceRecord(f.box, f.score, f.to_json()["landmarks"])
+                                         for f in faces), share))
+    cat.record_face_scans(scans, name)
+    for scan_ in scans:
+        run.add(SCANNED)
+        run.add(FACES, n=len(scan_.faces))
+        run.add(WITH_FACES, n=int(bool(scan_.faces)))
