@@ -83,7 +83,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                          nullable=True),
     },
     "runtime": {
-        "backend": _k(str, "torch", "engine for Caffe nets", choices=("torch", "caffe")),
+        "backend": _k(str, "torch", "engine of the nets of train, test, time, score, crop, "
+                      "tsne and serve (the face detector always runs on torch)",
+                      choices=("torch", "caffe")),
         "device": _k(str, "auto", "auto, cpu, cuda or cuda:N"),
         "fast": _k(bool, False, "bf16 autocast and channels_last (inexact, faster)"),
         "threads": _k(int, 0, "CPU threads for torch; 0 keeps torch's default", rule=at_least(0)),

@@ -102,6 +102,13 @@ def build_parser() -> Parser:
     return parser
 
 
+def config_for(args):
+    """The command's configuration: defaults <- config file <- --set <- its flags <- --data-dir."""
+    return load_config(args.config or "config.yaml", data_dir=args.data_dir,
+                       overrides=args.overrides, settings=given_settings(args),
+                       required=args.config is not None)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -111,9 +118,7 @@ def main(argv=None) -> int:
     setup_logging(args.verbose, args.quiet)
     prog = f"deepselfie {args.command}"
     try:
-        cfg = load_config(args.config or "config.yaml", data_dir=args.data_dir,
-                          overrides=args.overrides, settings=given_settings(args),
-                          required=args.config is not None)
+        cfg = config_for(args)
         if getattr(args, "nets", None):
             apply_runtime(cfg, args.nets)
         rc = args.func(args, cfg)
@@ -135,8 +140,8 @@ def apply_runtime(cfg, engine: str = ANY_ENGINE) -> None:
         log.warning("runtime.backend %s: this command's nets run on the torch engine", name)
         name = "torch"
     if name == "caffe" and not backend.available():
-        raise UserError("caffe: real pycaffe is not importable here (build BVLC Caffe's python "
-                        "module) - or set runtime.backend: torch",
+        raise UserError("caffe: real pycaffe is not importable here; build BVLC Caffe's python "
+                        "module, or set runtime.backend: torch",
                         path=cfg.origins.get("runtime.backend") or cfg.source or "config",
                         field="runtime.backend")
     backend.set_backend(name)
