@@ -37,8 +37,12 @@ def at_least(n) -> Rule:
 def between(lo, hi, *, open_lo=False, open_hi=False) -> Rule:
     def ok(v):
         return (lo < v if open_lo else lo <= v) and (v < hi if open_hi else v <= hi)
-    left, right = "(" if open_lo else "[", ")" if open_hi else "]"
-    words = f"between {lo} and {hi}" if not (open_lo or open_hi) else f"in {left}{lo}, {hi}{right}"
+    if open_lo and open_hi:
+        words = f"between {lo} and {hi} (exclusive)"
+    elif open_lo or open_hi:
+        words = f"in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+    else:
+        words = f"between {lo} and {hi}"
     return Rule(ok, f"must be {words}")
 
 
