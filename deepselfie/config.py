@@ -245,16 +245,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
 }
 
 
+def _ratio_sum(c) -> float:
+    return sum(c["label"][k] for k in ("train_ratio", "val_ratio", "test_ratio"))
+
+
 # Rules that tie keys together; checked once, after every source of values is merged. Each is
 # (the keys it ties, the first named in the error; ok(cfg); what it must be).
 CROSS_RULES = [
-    (("label.max_followers", "label.min_followers"), lambda c: c["label"]["max_followers"] >= c["label"]["min_followers"],
+    (("label.max_followers", "label.min_followers"),
+     lambda c: c["label"]["max_followers"] >= c["label"]["min_followers"],
      lambda c: f"must be >= label.min_followers ({c['label']['min_followers']})"),
     (("label.train_ratio", "label.val_ratio", "label.test_ratio"),
-     lambda c: abs(sum(c["label"][k] for k in ("train_ratio", "val_ratio", "test_ratio")) - 1)
-     <= 1e-6,
-     lambda c: "train, val and test ratios must sum to 1, not "
-               f"{sum(c['label'][k] for k in ('train_ratio', 'val_ratio', 'test_ratio')):g}"),
+     lambda c: abs(_ratio_sum(c) - 1) <= 1e-6,
+     lambda c: f"train, val and test ratios must sum to 1, not {_ratio_sum(c):g}"),
 ]
 
 

@@ -104,8 +104,9 @@ def _report_headings(path):
     return [h for h in ("Best 3", "Best 2", "Worst 3", "Worst 2", "Worst 1") if h in text]
 
 
-def test_worst_is_used_as_given_and_never_falls_back_to_score_top(scoring, capsys):
+def test_worst_is_used_as_given_and_never_falls_back_to_score_top(scoring, capsys, monkeypatch):
     tmp, opts = scoring
+    monkeypatch.chdir(tmp)       # the worst sheet goes beside the scores: ./worst.jpg
     imgs = str(tmp / "imgs")
     conf = _config(tmp, "score:\n  top: 3\n")
     assert main(["score", imgs, *opts, *conf, "--report", str(tmp / "r1"), "--worst", "0"]) == 0
@@ -113,6 +114,7 @@ def test_worst_is_used_as_given_and_never_falls_back_to_score_top(scoring, capsy
     assert not (tmp / "r1" / "worst.jpg").exists()
     assert main(["score", imgs, *opts, *conf, "--report", str(tmp / "r2"), "--worst", "1"]) == 0
     assert _report_headings(tmp / "r2") == ["Best 3", "Worst 1"]
+    assert (tmp / "worst.jpg").is_file()
     # without --worst the report's worst section follows the top, --top included
     assert main(["score", imgs, *opts, *conf, "--report", str(tmp / "r3"), "--top", "2"]) == 0
     assert _report_headings(tmp / "r3") == ["Best 2", "Worst 2"]

@@ -77,7 +77,8 @@ def add_setting(parser, *flags: str, key: str, help: str = "", metavar=None, **k
 
 def given_settings(args) -> list:
     """The settings the command line gave, as load_config's (where, key, value) triples."""
-    return [(flag, key, value) for key, (value, flag) in (getattr(args, GIVEN, None) or {}).items()]
+    given = getattr(args, GIVEN, None) or {}
+    return [(flag, key, value) for key, (value, flag) in given.items()]
 
 
 def as_set_options(args) -> list:
