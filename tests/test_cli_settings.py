@@ -170,3 +170,19 @@ def test_the_face_detector_runs_on_torch_and_says_so_when_caffe_is_asked(tmp_pat
     assert "runtime.backend caffe: this command's nets run on the torch engine" in res.stderr
     assert res.stderr.strip().splitlines()[-1] == \
         "deepselfie faces: error: --json: goes with --image PATH"
+
+
+def test_the_relaunched_train_command_has_the_same_settings(tmp_path):
+    """train on several GPUs relaunches itself per GPU: the flags travel as --set, after the
+    user's, so the child's configuration is the parent's."""
+    from deepselfie.cli.caffe import _relaunch_argv
+    conf = _config(tmp_path, "runtime:\n  fast: true\ntrain:\n  sigint_effect: snapshot\n")
+    argv = ["train", "-solver", "s.prototxt", *conf, "--set", "runtime.fast=true", "--no-fast",
+            "--sigint_effect", "none", "-gpu", "0,1"]
+    args = build_parser().parse_args(argv)
+    child = _relaunch_argv(args)
+    assert child[:2] == ["-m", "deepselfie"]
+    child_args = build_parser().parse_args(child[2:])
+    assert config_for(child_args) == config_for(args)
+    assert config_for(child_args).runtime.fast is False
+    assert child_args.gpu == "0,1" and child_args.solver == "s.prototxt"

@@ -109,8 +109,9 @@ def _stages(text):
 
 
 def _relaunch_argv(args) -> list:
-    """This train command again, for the per-GPU processes."""
-    argv = ["-m", "deepselfie"]
+    """This train command again, for the per-GPU processes (the global options go after the
+    command name: they belong to each command's parser)."""
+    argv = ["-m", "deepselfie", "train", "--solver", args.solver]
     if args.config:
         argv += ["--config", args.config]
     if args.data_dir:
@@ -119,7 +120,6 @@ def _relaunch_argv(args) -> list:
         argv += ["--set", item]
     argv += as_set_options(args)            # the settings flags, after --set as they were
     argv += ["-v"] * args.verbose + (["-q"] if args.quiet else [])
-    argv += ["train", "--solver", args.solver]
     for name in ("weights", "snapshot", "gpu"):
         value = getattr(args, name)
         if value is not None:
