@@ -52,41 +52,6 @@ CSV_COLUMNS = ("uri", "author", "followers", "likes", "tags", "audience", "group
                "path", "tag_names")
 
 
-def check_settings(cfg) -> None:
-    """Refuse label.* values that have the right type but make no sense (one line, exit 2)."""
-    s, where = cfg.label, cfg.source or "config"
-
-    def bad(key, problem):
-        return UserError(f"{problem}, not {s[key]!r}", path=where, field=f"label.{key}")
-
-    for key in ("min_age_days", "min_followers", "max_tags", "min_faces", "processes"):
-        if s[key] < 0:
-            raise bad(key, "must be >= 0")
-    if s.max_followers < s.min_followers:
-        raise bad("max_followers", f"must be >= label.min_followers ({s.min_followers})")
-    if s.tag_bonus < 0:
-        raise bad("tag_bonus", "must be >= 0")
-    if s.group_size < 2 or s.group_size % 2:
-        raise bad("group_size", "must be an even number >= 2")
-    for key in ("train_ratio", "val_ratio", "test_ratio"):
-        if not 0 <= s[key] <= 1:
-            raise bad(key, "must be between 0 and 1")
-    if s.train_ratio == 0:
-        raise bad("train_ratio", "must be > 0")
-    if abs(s.train_ratio + s.val_ratio + s.test_ratio - 1) > 1e-6:
-        raise UserError(f"train, val and test ratios must sum to 1, not "
-                        f"{s.train_ratio + s.val_ratio + s.test_ratio:g}", path=where,
-                        field="label.train_ratio")
-    for key in ("new_height", "new_width", "commit_every"):
-        if s[key] < 1:
-            raise bad(key, "must be >= 1")
-    if not 1 <= s.jpeg_quality <= 100:
-        raise bad("jpeg_quality", "must be between 1 and 100")
-    name = s.run_name
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise bad("run_name", "must be a plain folder name")
-
-
 def _usable_cpus() -> int:
     """CPUs this process may run on (a container's limit, not the host's count)."""
     try:
@@ -151,10 +116,9 @@ def _summary_text(name, n_posts, eligible, excluded, labeled, group_size, per_sp
 
 
 def run_label(cfg, *, run_name: str | None = None, quiet: bool = False) -> dict:
-    """Label the catalog's eligible posts and write the run folder; return the summary."""
-    if run_name is not None:
-        cfg.label["run_name"] = run_name
-    check_settings(cfg)
+    """Label the catalog's eligible posts and write the run folder; return the summary.
+    ``run_name`` overrides label.run_name (checked as a config value)."""
+    cfg = cfg.with_settings({"label.run_name": run_name}, "run_label")
     with Catalog(cfg.catalog_path, create=False) as catalog, \
             Workers(cfg.label.processes or _usable_cpus()) as workers:
         with catalog.run("label", dict(cfg.label)) as run:

@@ -43,36 +43,31 @@ def run_scrape(cfg, *, source=None, servers=None, tags=None, max_posts=None, fol
                metadata=None, concurrency=None) -> dict:
     """Collect posts into the catalog and images into the store -> the run's summary (a dict).
 
-    Keyword arguments override the config's ``scrape`` section (None keeps it).
+    Keyword arguments override the config's ``scrape`` section (None keeps it); they pass the
+    same checks as config values.
     """
+    cfg = cfg.with_settings({"scrape.source": source, "scrape.servers": servers,
+                             "scrape.tags": tags, "scrape.max_posts": max_posts,
+                             "scrape.folder": folder, "scrape.metadata": metadata,
+                             "scrape.concurrency": concurrency}, "run_scrape")
     sc = cfg.scrape
-    source = source or sc.source
-    max_posts = sc.max_posts if max_posts is None else max_posts
-    concurrency = sc.concurrency if concurrency is None else concurrency
-    if max_posts < 0:
-        raise UserError("must be >= 0", path="--max-posts")
-    if concurrency < 1:
-        raise UserError("must be at least 1", path="scrape.concurrency")
+    source, max_posts, concurrency = sc.source, sc.max_posts, sc.concurrency
     if source == "folder":
-        folder, metadata = folder or sc.folder, metadata or sc.metadata
+        folder, metadata = sc.folder, sc.metadata
         if not folder or not metadata:
             raise UserError("the folder source needs --folder DIR and --metadata FILE.csv",
                             path="--source folder")
         posts = read_metadata(metadata, folder, utcnow())   # all checked before any write
         args = {"source": source, "folder": str(folder), "metadata": str(metadata),
                 "max_posts": max_posts}
-    elif source == "mastodon":
-        servers = list(dict.fromkeys(normalize_server(s) for s in (servers or sc.servers)))
-        tags = list(dict.fromkeys(normalize_tag(t) for t in (tags or sc.tags)))
+    else:
+        servers = list(dict.fromkeys(normalize_server(s) for s in sc.servers))
+        tags = list(dict.fromkeys(normalize_tag(t) for t in sc.tags))
         if not servers or not tags:
             raise UserError("give at least one --server and one --tag", path="scrape")
         tokens = read_tokens(sc.tokens)
-        if not 1 <= sc.page_size <= 40:
-            raise UserError("must be between 1 and 40", path="scrape.page_size")
         args = {"source": source, "servers": servers, "tags": tags, "max_posts": max_posts,
                 "concurrency": concurrency}
-    else:
-        raise UserError("must be mastodon or folder", path="--source", field=str(source))
 
     data_dir = cfg.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)

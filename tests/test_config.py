@@ -110,3 +110,44 @@ def test_schema_keys_have_help():
     for sec, keys in SCHEMA.items():
         for name, key in keys.items():
             assert key.help, f"{sec}.{name} has no help text"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("score.batch_size=0", "--set: score.batch_size: must be >= 1, not 0"),
+    ("label.group_size=5", "--set: label.group_size: must be an even number >= 2, not 5"),
+    ("label.jpeg_quality=101", "--set: label.jpeg_quality: must be between 1 and 100, not 101"),
+    ("label.run_name=..", "--set: label.run_name: must be a plain folder name, not '..'"),
+    ("faces.max_side=5", "--set: faces.max_side: must be 0 (no limit) or at least 12, not 5"),
+    ("faces.scale_factor=1", "--set: faces.scale_factor: must be between 0 and 1 (exclusive)"),
+    ("faces.thresholds=[0.5, 2, 0.1]", "--set: faces.thresholds: must be three scores"),
+    ("crop.min_scale=0", "--set: crop.min_scale: must be in (0, 1], not 0.0"),
+    ("scrape.page_size=41", "--set: scrape.page_size: must be between 1 and 40, not 41"),
+    ("scrape.timeout=0", "--set: scrape.timeout: must be > 0, not 0.0"),
+])
+def test_ranges_are_checked_once_by_the_schema(tmp_path, override, message):
+    with pytest.raises(UserError) as e:
+        load_config(tmp_path / "none.yaml", overrides=[override])
+    assert str(e.value).startswith(message)
+
+
+def test_rules_that_tie_keys_run_after_every_source_and_name_where_the_value_came_from(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("label:\n  val_ratio: 0.3\n")
+    with pytest.raises(UserError, match=rf"^{p}: label.train_ratio: .* must sum to 1, not 1.2"):
+        load_config(p)
+    # fixed by a later source: no error for the passing state in between
+    cfg = load_config(p, overrides=["label.test_ratio=0.1", "label.train_ratio=0.6"])
+    assert cfg.label.val_ratio == 0.3
+    with pytest.raises(UserError, match=r"^--max: label.max_followers: must be >= "
+                                        r"label.min_followers \(10\)"):
+        load_config(None, settings=[("--max", "label.max_followers", 5)])
+
+
+def test_with_settings_is_a_checked_copy(tmp_path):
+    cfg = load_config(None)
+    new = cfg.with_settings({"scrape.folder": tmp_path, "scrape.max_posts": 0,
+                             "scrape.tags": None}, "run_scrape")
+    assert new.scrape.folder == str(tmp_path) and new.scrape.max_posts == 0
+    assert new.scrape.tags == cfg.scrape.tags and cfg.scrape.folder is None
+    with pytest.raises(UserError, match="^run_scrape: scrape.max_posts: must be >= 0, not -1"):
+        cfg.with_settings({"scrape.max_posts": -1}, "run_scrape")

@@ -3,6 +3,12 @@
 Each stage module registers its subcommands with ``register(subparsers, common)`` and gives each a
 ``func(args, cfg) -> int | None``. Stage modules import their heavy dependencies inside ``func`` so
 that ``deepselfie --help`` stays fast. A UserError ends in one line on stderr and exit code 2.
+
+Options that are settings are declared with ``settings.add_setting(parser, "--flag", key=...)``:
+main merges the flags given into the config (after the file and --set) before the command runs,
+so a command reads its settings from ``cfg`` only. A command that builds Caffe nets says so with
+``parser.set_defaults(nets=ANY_ENGINE)`` (or ``TORCH_ENGINE``); main then applies ``runtime.*``
+(backend, threads) once, before the command runs.
 """
 from __future__ import annotations
 
@@ -10,10 +16,19 @@ import argparse
 import importlib
 import sys
 
+import logging
+
 from deepselfie import __version__
 from deepselfie.config import load_config
 from deepselfie.console import setup_logging
 from deepselfie.errors import UserError
+
+from .settings import given_settings
+
+log = logging.getLogger("deepselfie")
+
+ANY_ENGINE = "any"      # the command's nets run on runtime.backend
+TORCH_ENGINE = "torch"  # the command needs the torch engine (it feeds torch tensors to its nets)
 
 # The modules that register subcommands, in the order --help lists them.
 STAGE_MODULES = [
@@ -87,6 +102,13 @@ def build_parser() -> Parser:
     return parser
 
 
+def config_for(args):
+    """The command's configuration: defaults <- config file <- --set <- its flags <- --data-dir."""
+    return load_config(args.config or "config.yaml", data_dir=args.data_dir,
+                       overrides=args.overrides, settings=given_settings(args),
+                       required=args.config is not None)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -96,8 +118,9 @@ def main(argv=None) -> int:
     setup_logging(args.verbose, args.quiet)
     prog = f"deepselfie {args.command}"
     try:
-        cfg = load_config(args.config or "config.yaml", data_dir=args.data_dir,
-                          overrides=args.overrides, required=args.config is not None)
+        cfg = config_for(args)
+        if getattr(args, "nets", None):
+            apply_runtime(cfg, args.nets)
         rc = args.func(args, cfg)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
@@ -106,6 +129,25 @@ def main(argv=None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def apply_runtime(cfg, engine: str = ANY_ENGINE) -> None:
+    """runtime.backend and runtime.threads, for a command that builds Caffe nets: the one place
+    they take effect (device and fast mode go to each net; the runtime's global mode stays)."""
+    from models.caffe import backend
+    name = cfg.runtime.backend
+    if engine == TORCH_ENGINE and name != "torch":
+        log.warning("runtime.backend %s: this command's nets run on the torch engine", name)
+        name = "torch"
+    if name == "caffe" and not backend.available():
+        raise UserError("caffe: real pycaffe is not importable here; build BVLC Caffe's python "
+                        "module, or set runtime.backend: torch",
+                        path=cfg.origins.get("runtime.backend") or cfg.source or "config",
+                        field="runtime.backend")
+    backend.set_backend(name)
+    if cfg.runtime.threads > 0:
+        import torch
+        torch.set_num_threads(cfg.runtime.threads)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from .score import add_model_options, make_scorer
+from .settings import add_setting
 
 
 def register(sub, common):
@@ -13,12 +14,12 @@ def register(sub, common):
                        "scale and position (a coarse grid, then refinement around the best) and "
                        "write the best crop, an original|crop comparison and JSON per image.")
     c.add_argument("source", metavar="IMAGE|DIR", help="an image or a folder (recursive)")
-    c.add_argument("--out", metavar="DIR", help="output folder (crop.out_dir; default "
-                   "<data_dir>/crops)")
-    c.add_argument("--seed", type=int, help="random seed of the search (crop.seed)")
-    c.add_argument("--min-scale", type=float, help="smallest crop, relative to the largest "
-                   "(crop.min_scale)")
-    c.add_argument("--rounds", type=int, help="refinement rounds (crop.rounds)")
+    add_setting(c, "--out", key="crop.out_dir", metavar="DIR",
+                help="output folder (default <data_dir>/crops)")
+    add_setting(c, "--seed", key="crop.seed", help="random seed of the search")
+    add_setting(c, "--min-scale", key="crop.min_scale",
+                help="smallest crop, relative to the largest")
+    add_setting(c, "--rounds", key="crop.rounds", help="refinement rounds")
     add_model_options(c)
     c.set_defaults(func=run_crop)
 
@@ -28,21 +29,21 @@ def register(sub, common):
                        "interactive HTML map (index.html).")
     t.add_argument("source", metavar="DIR|scores.csv", help="a folder of images, or the CSV "
                    "from deepselfie score")
-    t.add_argument("--blob", help="which blob's values are the features (tsne.blob)")
-    t.add_argument("--out", metavar="DIR", help="output folder (tsne.out_dir; default "
-                   "<data_dir>/tsne)")
-    t.add_argument("--perplexity", type=float, help="t-SNE perplexity (tsne.perplexity)")
-    t.add_argument("--seed", type=int, help="random seed (tsne.seed)")
+    add_setting(t, "--blob", key="tsne.blob", help="which blob's values are the features")
+    add_setting(t, "--out", key="tsne.out_dir", metavar="DIR",
+                help="output folder (default <data_dir>/tsne)")
+    add_setting(t, "--perplexity", key="tsne.perplexity", help="t-SNE perplexity")
+    add_setting(t, "--seed", key="tsne.seed", help="random seed")
     add_model_options(t)
     t.set_defaults(func=run_tsne)
 
     s = sub.add_parser("serve", parents=[common], help="a web page that scores your selfie",
                        description="Serve a page (drop a photo, see its score, percentile and "
                        "best crop) and a JSON API: POST /api/score, GET /api/health.")
-    s.add_argument("--host", help="address to listen on (serve.host)")
-    s.add_argument("--port", type=int, help="port, 0 = any free one (serve.port)")
-    s.add_argument("--reference", metavar="CSV|DIR", help="percentiles among these scores "
-                   "(serve.reference)")
+    add_setting(s, "--host", key="serve.host", help="address to listen on")
+    add_setting(s, "--port", key="serve.port", help="port, 0 = any free one")
+    add_setting(s, "--reference", key="serve.reference", metavar="CSV|DIR",
+                help="percentiles among these scores")
     add_model_options(s)
     s.set_defaults(func=run_serve)
 
@@ -51,10 +52,9 @@ def run_crop(args, cfg):
     from deepselfie.console import summary
     from models.selfie.crop import CropSearch, crop_images
 
-    search = CropSearch.from_config(cfg.crop, seed=args.seed, min_scale=args.min_scale,
-                                    rounds=args.rounds)
-    out = args.out or cfg.crop.out_dir or cfg.data_dir / "crops"
-    scorer = make_scorer(args, cfg)
+    search = CropSearch.from_config(cfg.crop)
+    out = cfg.crop.out_dir or cfg.data_dir / "crops"
+    scorer = make_scorer(cfg)
     records, failed = crop_images(scorer, args.source, out, search)
     for r in records:
         b = r["box"]
@@ -71,18 +71,16 @@ def run_tsne(args, cfg):
     from deepselfie.report.tsne_map import tsne_map
 
     t = cfg.tsne
-    out = args.out or t.out_dir or cfg.data_dir / "tsne"
-    scorer = make_scorer(args, cfg)
-    res = tsne_map(scorer, args.source, out, blob=args.blob or t.blob,
+    out = t.out_dir or cfg.data_dir / "tsne"
+    scorer = make_scorer(cfg)
+    res = tsne_map(scorer, args.source, out, blob=t.blob,
                    cache_dir=t.cache_dir or cfg.data_dir / "cache" / "features",
-                   pca_dims=t.pca_dims,
-                   perplexity=args.perplexity if args.perplexity is not None else t.perplexity,
-                   method=t.method, seed=args.seed if args.seed is not None else t.seed,
+                   pca_dims=t.pca_dims, perplexity=t.perplexity, method=t.method, seed=t.seed,
                    thumb=t.thumb, exact_max=t.exact_max, threads=t.threads)
     print(f"wrote {res['grid']}\nwrote {res['page']}", file=sys.stderr)
     cached = " (features from the cache)" if res["cached"] else ""
     summary("tsne", f"{res['images']} images mapped with {res['method']} from "
-                    f"{res['dims']}-d {args.blob or t.blob} features{cached}, "
+                    f"{res['dims']}-d {t.blob} features{cached}, "
                     f"{res['skipped']} skipped; {res['page']}")
     return 0
 
@@ -95,12 +93,11 @@ def run_serve(args, cfg):
     from deepselfie.serve.server import App, Reference, make_server
 
     sv = cfg.serve
-    scorer = make_scorer(args, cfg)
-    reference = Reference.load(args.reference or sv.reference, scorer)
+    scorer = make_scorer(cfg)
+    reference = Reference.load(sv.reference, scorer)
     app = App(scorer, reference, CropSearch.from_config(cfg.crop) if sv.crop else None,
               max_bytes=sv.max_bytes, max_pixels=sv.max_pixels, concurrent=sv.concurrent)
-    server = make_server(app, args.host or sv.host, args.port if args.port is not None
-                         else sv.port)
+    server = make_server(app, sv.host, sv.port)
 
     def stop(*_):
         raise KeyboardInterrupt

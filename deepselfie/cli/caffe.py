@@ -6,16 +6,24 @@
     deepselfie test  --model M --weights W [--iterations 50] [--gpu 0]
     deepselfie time  --model M [--iterations 50] [--gpu 0]
 
-This module stays light (--help imports it); the runtime comes in when a command runs.
+--backend, --fast, --sigint_effect and --sighup_effect set runtime.backend, runtime.fast and
+train.* (deepselfie.cli.settings). This module stays light (--help imports it); the runtime comes
+in when a command runs.
 """
 from __future__ import annotations
 
-EFFECTS = ("stop", "snapshot", "none")
+from . import ANY_ENGINE
+from .settings import add_setting, as_set_options
 
 
 def _flag(parser, name, **kw):
     """An option spelled both ways: Caffe's ``-name`` and the usual ``--name``."""
     parser.add_argument(f"-{name}", f"--{name}", dest=name, **kw)
+
+
+def _setting(parser, name, key, help):
+    """A config setting spelled both ways."""
+    add_setting(parser, f"-{name}", f"--{name}", key=key, help=help)
 
 
 def register(subparsers, common):
@@ -29,13 +37,11 @@ def register(subparsers, common):
           help="fine-tune from these .caffemodel files (layers matched by name)")
     _flag(t, "snapshot", metavar="X.solverstate", help="resume training from a solver state")
     _device_flags(t)
-    _flag(t, "backend", choices=("torch", "caffe"), default=None,
-          help="torch (this runtime) or caffe (real pycaffe); default: runtime.backend")
-    _flag(t, "sigint_effect", choices=EFFECTS, default=None,
-          help="on SIGINT (Ctrl-C): stop (then snapshot_after_train writes a snapshot), snapshot "
-               "and go on, or none; default: train.sigint_effect (stop)")
-    _flag(t, "sighup_effect", choices=EFFECTS, default=None,
-          help="on SIGHUP; default: train.sighup_effect (snapshot)")
+    _setting(t, "backend", "runtime.backend", "torch (this runtime) or caffe (real pycaffe)")
+    _setting(t, "sigint_effect", "train.sigint_effect",
+             "on SIGINT (Ctrl-C): stop (then snapshot_after_train writes a snapshot), snapshot "
+             "and go on, or none")
+    _setting(t, "sighup_effect", "train.sighup_effect", "on SIGHUP")
     t.set_defaults(func=run_train)
 
     s = subparsers.add_parser(
@@ -62,23 +68,21 @@ def _device_flags(p):
     _flag(p, "gpu", metavar="0|0,1|all", default=None,
           help="GPU ids, or all (falls back to the CPU with a warning when CUDA is missing); "
                "default: the solver's solver_mode, else runtime.device")
-    _flag(p, "fast", action="store_true", default=None,
-          help="bf16 autocast and channels_last (faster, not bit-exact); default: runtime.fast")
+    _setting(p, "fast", "runtime.fast", "bf16 autocast and channels_last (faster, not "
+             "bit-exact); --no-fast: exact")
     _flag(p, "level", type=int, default=0, help="the net state's level (0)")
     _flag(p, "stage", default="", metavar="S1,S2", help="the net state's stages")
+    p.set_defaults(nets=ANY_ENGINE)
 
 
 # ---------------------------------------------------------------- CLI glue
 
 def run_train(args, cfg):
-    _apply_threads(cfg)
     from models.caffe.tool import train
     result = train(
         args.solver, weights=args.weights, snapshot=args.snapshot, gpu=args.gpu,
-        backend=args.backend or cfg.runtime.backend,
-        fast=cfg.runtime.fast if args.fast is None else args.fast,
-        sigint_effect=args.sigint_effect or cfg.train.sigint_effect,
-        sighup_effect=args.sighup_effect or cfg.train.sighup_effect,
+        backend=cfg.runtime.backend, fast=cfg.runtime.fast,
+        sigint_effect=cfg.train.sigint_effect, sighup_effect=cfg.train.sighup_effect,
         level=args.level, stages=_stages(args.stage), default_device=cfg.runtime.device,
         metrics=cfg.train.metrics, curve_interval_s=cfg.train.curve_interval_s,
         relaunch_argv=_relaunch_argv(args))
@@ -86,27 +90,18 @@ def run_train(args, cfg):
 
 
 def run_test(args, cfg):
-    _apply_threads(cfg)
     from models.caffe.tool import test
     test(args.model, args.weights, args.iterations, gpu=args.gpu,
-         fast=cfg.runtime.fast if args.fast is None else args.fast, level=args.level,
+         fast=cfg.runtime.fast, level=args.level,
          stages=_stages(args.stage), default_device=cfg.runtime.device)
     return 0
 
 
 def run_time(args, cfg):
-    _apply_threads(cfg)
     from models.caffe.tool import time_model
-    time_model(args.model, args.iterations, gpu=args.gpu,
-               fast=cfg.runtime.fast if args.fast is None else args.fast, level=args.level,
+    time_model(args.model, args.iterations, gpu=args.gpu, fast=cfg.runtime.fast, level=args.level,
                stages=_stages(args.stage), default_device=cfg.runtime.device)
     return 0
-
-
-def _apply_threads(cfg):
-    if cfg.runtime.threads > 0:
-        import torch
-        torch.set_num_threads(cfg.runtime.threads)
 
 
 def _stages(text):
@@ -114,22 +109,21 @@ def _stages(text):
 
 
 def _relaunch_argv(args) -> list:
-    """This train command again, for the per-GPU processes."""
-    argv = ["-m", "deepselfie"]
+    """This train command again, for the per-GPU processes (the global options go after the
+    command name: they belong to each command's parser)."""
+    argv = ["-m", "deepselfie", "train", "--solver", args.solver]
     if args.config:
         argv += ["--config", args.config]
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
     for item in args.overrides:
         argv += ["--set", item]
+    argv += as_set_options(args)            # the settings flags, after --set as they were
     argv += ["-v"] * args.verbose + (["-q"] if args.quiet else [])
-    argv += ["train", "--solver", args.solver]
-    for name in ("weights", "snapshot", "gpu", "backend", "sigint_effect", "sighup_effect"):
+    for name in ("weights", "snapshot", "gpu"):
         value = getattr(args, name)
         if value is not None:
             argv += [f"--{name}", str(value)]
-    if args.fast:
-        argv.append("--fast")
     argv += ["--level", str(args.level)]
     if args.stage:
         argv += ["--stage", args.stage]

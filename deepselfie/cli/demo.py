@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pathlib
 
+from . import TORCH_ENGINE
+
 
 def register(subparsers, common):
     p = subparsers.add_parser(
@@ -12,7 +14,7 @@ def register(subparsers, common):
                     "held-out folder and write a report. Default data dir: data/demo.")
     p.add_argument("--quick", action="store_true", help="a small corpus and few iterations")
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, nets=TORCH_ENGINE)   # the demo's nets run on the torch engine
 
 
 def _run(args, cfg):

@@ -10,6 +10,8 @@ from __future__ import annotations
 from deepselfie.console import summary
 from deepselfie.errors import UserError
 
+from . import TORCH_ENGINE
+
 
 def register(subparsers, common):
     p = subparsers.add_parser(
@@ -24,15 +26,14 @@ def register(subparsers, common):
     p.add_argument("--draw", metavar="OUT.png", help="with --image: write the photo with boxes")
     p.add_argument("--fetch-weights", action="store_true",
                    help="download and convert the MTCNN weights, then stop")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, nets=TORCH_ENGINE)
 
 
 def run(args, cfg) -> int:
     if (args.json or args.draw) and not args.image:
         raise UserError("goes with --image PATH", field="--json" if args.json else "--draw")
-    from models.faces.stage import detect_one, detector_settings, fetch_weights, scan
+    from models.faces.stage import detect_one, fetch_weights, scan
 
-    detector_settings(cfg)          # a bad faces.* value is reported before any work
     if args.fetch_weights:
         folder = fetch_weights(cfg)
         summary("faces", f"MTCNN weights ready in {folder}")

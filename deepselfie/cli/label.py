@@ -1,5 +1,7 @@
 """``deepselfie label``: labels, author-disjoint splits, LMDBs and the mean (see label.stage)."""
 
+from .settings import add_setting
+
 
 def register(subparsers, common):
     p = subparsers.add_parser(
@@ -10,12 +12,12 @@ def register(subparsers, common):
                     "Thresholds and sizes come from the label section of config.yaml "
                     "(--set label.KEY=VALUE overrides). Rerunning resumes or reuses what is "
                     "already written.")
-    p.add_argument("--run", metavar="NAME", default=None,
-                   help="run folder name under <data_dir>/runs (default: label.run_name)")
+    add_setting(p, "--run", key="label.run_name", metavar="NAME",
+                help="run folder name under <data_dir>/runs")
     p.set_defaults(func=run)
 
 
 def run(args, cfg):
     from label.stage import run_label
-    run_label(cfg, run_name=args.run)
+    run_label(cfg)
     return 0

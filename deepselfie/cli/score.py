@@ -4,6 +4,9 @@ from __future__ import annotations
 import pathlib
 import sys
 
+from . import ANY_ENGINE
+from .settings import add_setting
+
 
 def register(sub, common):
     p = sub.add_parser("score", parents=[common], help="rank a folder of images, best first",
@@ -14,8 +17,10 @@ def register(sub, common):
     p.add_argument("--out", metavar="FILE", help="write scores here (CSV, or JSON with --json)")
     p.add_argument("--json", action="store_true", help="JSON instead of CSV")
     p.add_argument("--grid", metavar="IMG", help="contact sheet of the best --top images")
-    p.add_argument("--top", type=int, help="how many on the grid (score.top)")
-    p.add_argument("--worst", type=int, metavar="N", help="also a sheet of the worst N")
+    add_setting(p, "--top", key="score.top", metavar="N",
+                help="how many on the grid and in the report's best section")
+    p.add_argument("--worst", type=int, metavar="N", help="also a sheet of the worst N (and N "
+                   "in the report's worst section; default there: as many as --top)")
     p.add_argument("--worst-grid", metavar="IMG", help="where the worst sheet goes "
                    "(default: worst.jpg beside the grid or the scores)")
     p.add_argument("--continuum", metavar="IMG", help="every image best to worst, row by row")
@@ -36,41 +41,35 @@ def register(sub, common):
 
 
 def add_model_options(p):
-    """The options that pick the scoring net and its preprocessing (every stage that scores)."""
+    """The options that pick the scoring net and its preprocessing (every command that scores);
+    each sets a config key. The command builds nets, so runtime.* applies to it."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", "-model", metavar="DEPLOY", help="deploy prototxt (score.model)")
-    g.add_argument("--weights", "-weights", metavar="W", help=".caffemodel (score.weights)")
-    g.add_argument("--mean", help="mean.binaryproto, mean JSON or B,G,R (score.mean)")
-    g.add_argument("--resize", choices=("squash", "crop", "oversample"),
-                   help="how images become net input (score.resize)")
-    g.add_argument("--scale", type=float, help="input scale after the mean, as the training "
-                   "net's transform_param (score.scale)")
-    g.add_argument("--batch-size", type=int, help="images per forward pass (score.batch_size)")
-    g.add_argument("--device", help="cpu, cuda, cuda:N or auto (runtime.device)")
-    g.add_argument("--fast", action="store_true", help="bf16 + channels_last (runtime.fast)")
+    add_setting(g, "--model", "-model", key="score.model", metavar="DEPLOY",
+                help="deploy prototxt")
+    add_setting(g, "--weights", "-weights", key="score.weights", metavar="W", help=".caffemodel")
+    add_setting(g, "--mean", key="score.mean", help="mean.binaryproto, mean JSON or B,G,R")
+    add_setting(g, "--resize", key="score.resize", help="how images become net input")
+    add_setting(g, "--scale", key="score.scale",
+                help="input scale after the mean, as the training net's transform_param")
+    add_setting(g, "--batch-size", key="score.batch_size", metavar="N",
+                help="images per forward pass")
+    add_setting(g, "--device", key="runtime.device", help="cpu, cuda, cuda:N or auto")
+    add_setting(g, "--fast", key="runtime.fast", help="bf16 + channels_last (--no-fast: exact)")
+    p.set_defaults(nets=ANY_ENGINE)
 
 
-def make_scorer(args, cfg):
-    """The Scorer that the options of add_model_options and the config's score section ask
-    for."""
-    import torch
-
+def make_scorer(cfg):
+    """The Scorer that the config's score and runtime sections ask for."""
     from deepselfie.errors import UserError
     from models.selfie.score import Scorer
 
     sc = cfg.score
-    weights = args.weights or sc.weights
-    if not weights:
+    if not sc.weights:
         raise UserError("no weights: pass --weights (a .caffemodel from deepselfie train)",
                         path="--weights")
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    return Scorer(args.model or sc.model, weights, mean=args.mean or sc.mean,
-                  resize=args.resize or sc.resize,
-                  scale=args.scale if args.scale is not None else sc.scale,
-                  batch_size=args.batch_size or sc.batch_size,
-                  device=args.device or cfg.runtime.device,
-                  fast=args.fast or cfg.runtime.fast, good_class=sc.good_class)
+    return Scorer(sc.model, sc.weights, mean=sc.mean, resize=sc.resize, scale=sc.scale,
+                  batch_size=sc.batch_size, device=cfg.runtime.device, fast=cfg.runtime.fast,
+                  good_class=sc.good_class)
 
 
 def run_fetch(args, cfg):
@@ -86,11 +85,15 @@ def run_fetch(args, cfg):
 
 def run_score(args, cfg):
     from deepselfie.console import summary
+    from deepselfie.errors import UserError
     from deepselfie.report import pictures
     from models.selfie.score import list_images, write_scores
 
-    sc = cfg.score
-    scorer = make_scorer(args, cfg)
+    top = cfg.score.top
+    worst = top if args.worst is None else args.worst     # the report's worst section
+    if worst < 0:
+        raise UserError(f"must be >= 0, not {worst}", path="--worst")
+    scorer = make_scorer(cfg)
     paths = list_images(args.dir)
     results, failed = scorer.score_paths(paths)
     rows = write_scores(results, args.out, as_json=args.json)
@@ -104,7 +107,6 @@ def run_score(args, cfg):
             w = csv.DictWriter(sys.stdout, fieldnames=["path", "score", "rank"])
             w.writeheader()
             w.writerows(rows)
-    top = args.top or sc.top
     written = []
     if args.grid:
         written.append(pictures.save_image(pictures.contact_sheet(results[:top]), args.grid))
@@ -117,7 +119,7 @@ def run_score(args, cfg):
         written.append(pictures.save_image(pictures.continuum(results), args.continuum))
     if args.report:
         written.append(pictures.html_report(args.report, results, failed, top=top,
-                                            worst=args.worst or sc.top))
+                                            worst=worst))
     for w in written:
         print(f"wrote {w}", file=sys.stderr)
     best = f"; best {results[0][1]:.3f} ({results[0][0]})" if results else ""

@@ -7,6 +7,8 @@ import sys
 
 from deepselfie.files import atomic_open
 
+from .settings import add_setting
+
 
 def register(subparsers, common) -> None:
     p = subparsers.add_parser(
@@ -14,21 +16,20 @@ def register(subparsers, common) -> None:
         description="Collect posts from Mastodon-API hashtag timelines (Mastodon, Pixelfed) or "
                     "a folder of images into the catalog and the image store. Resumable: "
                     "stop it any time and run it again.")
-    p.add_argument("--source", choices=("mastodon", "folder"), default=None,
-                   help="where posts come from (default: scrape.source)")
-    p.add_argument("--server", action="append", metavar="URL", dest="servers",
-                   help="a Mastodon-API server, e.g. https://mastodon.social (repeatable; "
-                        "default: scrape.servers)")
-    p.add_argument("--tag", action="append", metavar="TAG", dest="tags",
-                   help="a hashtag without # (repeatable; default: scrape.tags)")
-    p.add_argument("--max-posts", type=int, metavar="N", default=None,
-                   help="stop after N new posts (default: scrape.max_posts; 0 = no limit)")
-    p.add_argument("--concurrency", type=int, metavar="N", default=None,
-                   help="image downloads at the same time (default: scrape.concurrency)")
-    p.add_argument("--folder", metavar="DIR", default=None, help="folder source: the images")
-    p.add_argument("--metadata", metavar="FILE.csv", default=None,
-                   help="folder source: columns file,uri,author,followers,likes,tags,"
-                        "created_at,fetched_at")
+    add_setting(p, "--source", key="scrape.source", help="where posts come from")
+    add_setting(p, "--server", key="scrape.servers", metavar="URL",
+                help="a Mastodon-API server, e.g. https://mastodon.social (repeatable)")
+    add_setting(p, "--tag", key="scrape.tags", metavar="TAG",
+                help="a hashtag without # (repeatable)")
+    add_setting(p, "--max-posts", key="scrape.max_posts", metavar="N",
+                help="stop after N new posts (0 = no limit)")
+    add_setting(p, "--concurrency", key="scrape.concurrency", metavar="N",
+                help="image downloads at the same time")
+    add_setting(p, "--folder", key="scrape.folder", metavar="DIR",
+                help="folder source: the images")
+    add_setting(p, "--metadata", key="scrape.metadata", metavar="FILE.csv",
+                help="folder source: columns file,uri,author,followers,likes,tags,"
+                     "created_at,fetched_at")
     p.set_defaults(func=run_scrape_command)
 
     c = subparsers.add_parser("catalog", help="look into the catalog",
@@ -47,9 +48,7 @@ def register(subparsers, common) -> None:
 
 def run_scrape_command(args, cfg) -> int:
     from scrape.stage import run_scrape
-    run_scrape(cfg, source=args.source, servers=args.servers, tags=args.tags,
-               max_posts=args.max_posts, folder=args.folder, metadata=args.metadata,
-               concurrency=args.concurrency)
+    run_scrape(cfg)
     return 0
 
 

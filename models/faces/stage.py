@@ -34,22 +34,9 @@ def fetch_weights(cfg):
 
 
 def detector_settings(cfg) -> dict:
-    """The faces section, checked; a UserError names the bad key."""
+    """The detector's part of the faces section (the config schema checked the values)."""
     f = cfg.faces
-
-    def bad(key, what):
-        return UserError(what, field=f"faces.{key}")
     th = f.thresholds
-    if len(th) != 3 or not all(0 <= t <= 1 for t in th):
-        raise bad("thresholds", f"must be three scores between 0 and 1, not {th}")
-    if f.min_face_size < 1:
-        raise bad("min_face_size", f"must be at least 1 pixel, not {f.min_face_size}")
-    if not 0 < f.scale_factor < 1:
-        raise bad("scale_factor", f"must be between 0 and 1, not {f.scale_factor}")
-    if f.max_side != 0 and f.max_side < 12:
-        raise bad("max_side", f"must be 0 (no limit) or at least 12, not {f.max_side}")
-    if f.batch_size < 1:
-        raise bad("batch_size", f"must be at least 1, not {f.batch_size}")
     return dict(min_face_size=f.min_face_size, scale_factor=f.scale_factor,
                 thresholds=tuple(th), max_side=f.max_side)
 
@@ -63,18 +50,13 @@ def detector_name(settings: dict) -> str:
 
 
 def load_detector(cfg):
-    """A FaceDetector as config says (device, fast mode, threads), weights fetched if needed."""
-    import torch
-
+    """A FaceDetector as config says (device, fast mode), weights fetched if needed. Its nets run
+    on the torch engine (it feeds them torch tensors); the CLI applies runtime.threads and warns
+    when runtime.backend asks for another engine (deepselfie.cli.apply_runtime)."""
     from models.caffe.state import resolve_device
 
     from .detect import FaceDetector
     settings = detector_settings(cfg)
-    if cfg.runtime.threads > 0:
-        torch.set_num_threads(cfg.runtime.threads)
-    if cfg.runtime.backend != "torch":
-        log.warning("runtime.backend %s: the face nets run on the torch engine",
-                    cfg.runtime.backend)
     folder = fetch_weights(cfg)
     device = resolve_device(cfg.runtime.device)
     return FaceDetector(folder, device=device, fast=cfg.runtime.fast, **settings), settings

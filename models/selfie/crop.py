@@ -27,7 +27,6 @@ import pathlib
 import numpy as np
 
 from deepselfie.console import get_logger, progress
-from deepselfie.errors import UserError
 from deepselfie.files import atomic_write
 
 from .score import UnreadableImage, list_images, load_bgr, resize
@@ -37,7 +36,8 @@ log = get_logger("crop")
 
 @dataclasses.dataclass(frozen=True)
 class CropSearch:
-    """The search's bounds and effort (config section ``crop``)."""
+    """The search's bounds and effort (config section ``crop``; the config schema checks their
+    ranges)."""
 
     min_scale: float = 0.4      # smallest crop, relative to the largest that fits
     grid_scales: int = 3        # coarse grid: this many scales ...
@@ -48,22 +48,10 @@ class CropSearch:
     seed: int = 0               # the jitter's random seed
     rescore: int = 3            # best crops scored again from the full-resolution image
 
-    def __post_init__(self):
-        if not 0 < self.min_scale <= 1:
-            raise UserError(f"must be in (0, 1], not {self.min_scale}", path="crop.min_scale")
-        for name in ("grid_scales", "grid_steps", "candidates", "batch_size", "rescore"):
-            if getattr(self, name) < 1:
-                raise UserError(f"must be at least 1, not {getattr(self, name)}",
-                                path=f"crop.{name}")
-        if self.rounds < 0:
-            raise UserError(f"must be 0 or more, not {self.rounds}", path="crop.rounds")
-
     @classmethod
-    def from_config(cls, section, **overrides):
+    def from_config(cls, section):
         names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in dict(section).items() if k in names}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(**{k: v for k, v in dict(section).items() if k in names})
 
 
 @dataclasses.dataclass

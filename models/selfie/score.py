@@ -223,6 +223,8 @@ class Scorer:
         k = self.pre.crops
         n = len(batch) // k
         with self.lock, torch.no_grad():
+            # real pycaffe (runtime.backend: caffe) feeds only a blob of the batch's shape
+            self.net.blobs[self.input].reshape(*batch.shape)
             probs = self.net.forward(**{self.input: batch})[self.output]
             probs = np.array(probs, dtype=np.float32).reshape(n, k, -1)
             values = {b: np.array(self.net.blobs[b].data, dtype=np.float32).reshape(n, k, -1)
