@@ -101,8 +101,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "page_interval": _k(float, 3.0, "least seconds between timeline pages (after the "
                             "first) per server: Mastodon allows 300 per 15 minutes"),
         "max_posts": _k(int, 0, "stop after this many new posts per run; 0 = no limit"),
+        "max_pages": _k(int, 1000, "most timeline pages per tag and server in one run; the "
+                        "next run goes on from there"),
         "concurrency": _k(int, 4, "image downloads at the same time"),
         "timeout": _k(float, 30.0, "seconds to wait for a server to connect or send data"),
+        "deadline": _k(float, 120.0, "most seconds one request may take, from sending it to "
+                       "the body's last byte (slow senders are cut off)"),
+        "allow_hosts": _k(list, [], "hosts (or host:port) that media and redirects may come "
+                          "from although they are not public addresses; the configured "
+                          "servers always may", item=str),
         "retries": _k(int, 5, "retries on timeouts, connection errors and 5xx"),
         "backoff": _k(float, 1.0, "first retry delay in seconds; doubles each retry, jittered"),
         "max_wait": _k(float, 900.0, "longest wait for a rate limit, in seconds"),
