@@ -170,6 +170,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_pixels": _k(int, 50_000_000, "largest image in pixels (400 above)"),
         "crop": _k(bool, True, "search the best crop of each upload (crop section settings)"),
         "concurrent": _k(int, 8, "uploads decoded and scored at once; more wait their turn"),
+        "memory_mb": _k(int, 1536, "memory for decoding and scoring uploads at once, in MB "
+                        "(from each image's header); uploads wait for room"),
+        "body_memory_mb": _k(int, 64, "upload bodies held in memory at once, in MB; more "
+                             "are spooled to temporary files"),
+        "read_seconds": _k(float, 60.0, "most seconds a client may take to send its upload"),
+        "backlog": _k(int, 128, "connections waiting to be accepted (the listen backlog)"),
     },
 }
 

@@ -98,9 +98,11 @@ def run_serve(args, cfg):
     scorer = make_scorer(args, cfg)
     reference = Reference.load(args.reference or sv.reference, scorer)
     app = App(scorer, reference, CropSearch.from_config(cfg.crop) if sv.crop else None,
-              max_bytes=sv.max_bytes, max_pixels=sv.max_pixels, concurrent=sv.concurrent)
+              max_bytes=sv.max_bytes, max_pixels=sv.max_pixels, concurrent=sv.concurrent,
+              memory_mb=sv.memory_mb, body_memory_mb=sv.body_memory_mb,
+              read_seconds=sv.read_seconds)
     server = make_server(app, args.host or sv.host, args.port if args.port is not None
-                         else sv.port)
+                         else sv.port, backlog=sv.backlog)
 
     def stop(*_):
         raise KeyboardInterrupt
