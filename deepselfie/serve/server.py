@@ -36,6 +36,7 @@ import urllib.parse
 import numpy as np
 
 from deepselfie.console import get_logger
+from deepselfie.embed import json_for_html
 from deepselfie.errors import UserError
 
 from models.selfie.crop import CropSearch, cut_box, search_crop
@@ -122,7 +123,7 @@ class App:
 
     def page(self) -> bytes:
         text = PAGE_FILE.read_text(encoding="utf-8")
-        return text.replace("__MAX_BYTES__", str(self.max_bytes)).encode("utf-8")
+        return text.replace("__MAX_BYTES__", json_for_html(self.max_bytes)).encode("utf-8")
 
     def score(self, data, crop: bool = True) -> dict:
         """Score an upload: bytes, or a seekable binary file positioned at its start."""
