@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -182,29 +183,25 @@ class Fetcher:
     def _get_once(self, url: str, bucket: str, headers: dict, max_bytes: int) -> Response:
         """One try, following redirects, within the deadline. 2xx/429 -> Response; 5xx etc.
         -> _Transient."""
-        exchange = self._local.exchange = _Exchange()
-        timer = None
-        if self.deadline:
-            timer = threading.Timer(self.deadline, exchange.cut)
-            timer.daemon = True
-            timer.start()
+        exchange = self._local.exchange = _Exchange(self.deadline)
         try:
-            return self._exchange(url, bucket, headers, max_bytes)
+            return self._exchange(url, bucket, headers, max_bytes, exchange)
         except (_Transient, FetchError):
             if exchange.expired:
                 raise FetchError(f"took longer than the deadline ({self.deadline:g} s, "
                                  "scrape.deadline)", permanent=False) from None
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            exchange.stop_clock()
             self._local.exchange = None
 
-    def _exchange(self, url: str, bucket: str, headers: dict, max_bytes: int) -> Response:
+    def _exchange(self, url: str, bucket: str, headers: dict, max_bytes: int,
+                  exchange: "_Exchange") -> Response:
         first_origin = origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             key = self._key(url, bucket)
-            self.pacer.wait(key)
+            self.pacer.wait(key)          # waiting our turn is not the server's time
+            exchange.start_clock()
             hdrs = dict(headers)
             if origin(url) != first_origin:
                 hdrs.pop("Authorization", None)
@@ -243,6 +240,7 @@ class Fetcher:
                 return Response(r.url, status, CaseInsensitiveDict(r.headers), body, links)
             finally:
                 r.close()
+                exchange.stop_clock()
         raise FetchError(f"more than {MAX_REDIRECTS} redirects", permanent=True)
 
     def _read(self, r: requests.Response, max_bytes: int) -> bytes:
@@ -270,13 +268,35 @@ class Fetcher:
 
 
 class _Exchange:
-    """One try of one request on one thread: the connection it is using, so that the deadline
-    can shut that connection's socket (which wakes a read blocked on a trickling server)."""
+    """One try of one request on one thread, redirects included: the time it has left (the
+    clock runs while a server is being talked to, not while the pacer makes us wait) and the
+    connection it is using, so that the deadline can shut that connection's socket (which wakes
+    a read blocked on a trickling server)."""
 
-    def __init__(self):
+    def __init__(self, deadline: float | None):
         self.lock = threading.Lock()
         self.conn = None
         self.expired = False
+        self.left = deadline
+        self._timer = None
+        self._started = 0.0
+
+    def start_clock(self) -> None:
+        if self.left is None:
+            return
+        if self.left <= 0:
+            self.cut()
+            return
+        self._started = time.monotonic()
+        self._timer = threading.Timer(self.left, self.cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def stop_clock(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self.left -= time.monotonic() - self._started
 
     def use(self, conn) -> None:
         with self.lock:

@@ -197,3 +197,20 @@ def test_media_and_redirects_to_private_addresses_are_refused(tmp_path):
     finally:
         srv.stop()
         inside.stop()
+
+
+def test_waiting_for_the_pacer_is_not_counted_against_the_deadline():
+    from scrape.fetch import Fetcher
+    srv = ts.MastodonAPIServer().start()
+    try:
+        url = srv.add_file("/m/a.jpg", photo(1))
+        fetcher = Fetcher(timeout=5, retries=0, deadline=1.0, min_interval={"media": 1.5})
+        try:
+            assert fetcher.get(url).body == photo(1)
+            assert fetcher.get(url).body == photo(1)     # waited 1.5 s for its turn first
+        finally:
+            fetcher.close()
+    finally:
+        srv.stop()
+    hits = srv.requests_to("/m/a.jpg")
+    assert len(hits) == 2 and hits[1].time - hits[0].time >= 1.4
