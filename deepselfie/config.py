@@ -101,8 +101,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "page_interval": _k(float, 3.0, "least seconds between timeline pages (after the "
                             "first) per server: Mastodon allows 300 per 15 minutes"),
         "max_posts": _k(int, 0, "stop after this many new posts per run; 0 = no limit"),
-        "max_pages": _k(int, 1000, "most timeline pages per tag and server in one run; the "
-                        "next run goes on from there"),
+        "max_pages": _k(int, 1000, "most timeline pages per tag and server in one run (the "
+                        "next run goes on from there); 0 = no limit"),
         "concurrency": _k(int, 4, "image downloads at the same time"),
         "timeout": _k(float, 30.0, "seconds to wait for a server to connect or send data"),
         "deadline": _k(float, 120.0, "most seconds one request may take, from sending it to "

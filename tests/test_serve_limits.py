@@ -20,7 +20,6 @@ from PIL import Image
 from deepselfie.serve.decode import decode_bgr
 from deepselfie.serve.server import App, Reference, make_server, start_in_thread
 from deepselfie.serve.uploads import MAX_PARTS, ApiError, Body, find_file_part
-from models.selfie.crop import CropSearch
 from models.selfie.score import Scorer, load_bgr
 from nets import bright_net
 

@@ -174,11 +174,16 @@ def _unreadable(e: UnreadableImage) -> ApiError:
 
 def _give_back_memory() -> None:
     """Hand freed heap pages back to the system (glibc keeps them otherwise, and a server that
-    decoded a few big images would stay big)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    decoded a few big images would stay big). A no-op where there is no malloc_trim."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+try:
+    _LIBC = ctypes.CDLL(None)
+    _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
