@@ -163,9 +163,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             rule=at_least(0)),
         "max_posts": _k(int, 0, "stop after this many new posts per run; 0 = no limit",
                         rule=at_least(0)),
+        "max_pages": _k(int, 1000, "most timeline pages per tag and server in one run (the "
+                        "next run goes on from there); 0 = no limit", rule=at_least(0)),
         "concurrency": _k(int, 4, "image downloads at the same time", rule=at_least(1)),
         "timeout": _k(float, 30.0, "seconds to wait for a server to connect or send data",
                       rule=above(0)),
+        "deadline": _k(float, 120.0, "most seconds one request may take, from sending it to "
+                       "the body's last byte (slow senders are cut off)", rule=above(0)),
+        "allow_hosts": _k(list, [], "hosts (or host:port) that media and redirects may come "
+                          "from although they are not public addresses; the configured "
+                          "servers always may", item=str),
         "retries": _k(int, 5, "retries on timeouts, connection errors and 5xx", rule=at_least(0)),
         "backoff": _k(float, 1.0, "first retry delay in seconds; doubles each retry, jittered",
                       rule=at_least(0)),
@@ -241,6 +248,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "crop": _k(bool, True, "search the best crop of each upload (crop section settings)"),
         "concurrent": _k(int, 8, "uploads decoded and scored at once; more wait their turn",
                          rule=at_least(1)),
+        "memory_mb": _k(int, 1536, "memory for decoding and scoring uploads at once, in MB "
+                        "(from each image's header); uploads wait for room", rule=at_least(1)),
+        "body_memory_mb": _k(int, 64, "upload bodies held in memory at once, in MB; more "
+                             "are spooled to temporary files", rule=at_least(1)),
+        "read_seconds": _k(float, 60.0, "most seconds a client may take to send its upload",
+                           rule=above(0)),
+        "backlog": _k(int, 128, "connections waiting to be accepted (the listen backlog)",
+                      rule=at_least(1)),
     },
 }
 

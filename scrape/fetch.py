@@ -6,7 +6,11 @@
   included) and 5xx; none on other 4xx, nor when the host name does not resolve;
 - 429: wait for ``Retry-After`` when present, else for ``X-RateLimit-Reset``, then ask again;
 - per-host pacing (scrape.pacing) from every response's rate-limit headers;
-- a byte limit, checked against Content-Length and while reading.
+- a byte limit, checked against Content-Length and while reading;
+- a deadline per request (``deadline``): from sending it to the body's last byte, redirects
+  included; a server that trickles its answer has its connection shut at the deadline;
+- an address policy (``addresses``, scrape.addresses): every new connection is checked on the
+  address it reached, so a URL or a redirect that leads to a private address is refused.
 
 ``get`` returns a Response or raises FetchError(reason, permanent=...): permanent means asking
 again later will not help (404, not http, too large); otherwise a later run may retry.
@@ -14,13 +18,19 @@ again later will not help (404, not http, too large); otherwise a later run may 
 from __future__ import annotations
 
 import random
+import socket
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 
 import requests
+import urllib3.connection
+from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from .addresses import AddressPolicy, AddressRefused
 from .pacing import Pacer, Stopped, seconds_until
 
 MAX_REDIRECTS = 5
@@ -82,8 +92,11 @@ class Fetcher:
     def __init__(self, *, timeout: float = 30.0, retries: int = 5, backoff: float = 1.0,
                  max_wait: float = 900.0, rate_limit_retries: int = 10,
                  user_agent: str = "deepselfie", stop: threading.Event | None = None,
-                 rng: random.Random | None = None, min_interval: dict | None = None):
+                 rng: random.Random | None = None, min_interval: dict | None = None,
+                 deadline: float | None = None, addresses: AddressPolicy | None = None):
         self.timeout = timeout
+        self.deadline = deadline
+        self.addresses = addresses
         self.retries = retries
         self.backoff = backoff
         self.max_wait = max_wait
@@ -150,6 +163,9 @@ class Fetcher:
             s = requests.Session()
             s.headers["User-Agent"] = self.user_agent
             s.trust_env = False   # no proxies or .netrc credentials picked up behind our back
+            adapter = _WatchedAdapter(self)
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
             self._local.session = s
             with self._lock:
                 self._sessions.append(s)
@@ -165,17 +181,35 @@ class Fetcher:
         return base / 2 + self.rng.uniform(0, base / 2)
 
     def _get_once(self, url: str, bucket: str, headers: dict, max_bytes: int) -> Response:
-        """One try, following redirects. 2xx/429 -> Response; 5xx etc. -> _Transient."""
+        """One try, following redirects, within the deadline. 2xx/429 -> Response; 5xx etc.
+        -> _Transient."""
+        exchange = self._local.exchange = _Exchange(self.deadline)
+        try:
+            return self._exchange(url, bucket, headers, max_bytes, exchange)
+        except (_Transient, FetchError):
+            if exchange.expired:
+                raise FetchError(f"took longer than the deadline ({self.deadline:g} s, "
+                                 "scrape.deadline)", permanent=False) from None
+            raise
+        finally:
+            exchange.stop_clock()
+            self._local.exchange = None
+
+    def _exchange(self, url: str, bucket: str, headers: dict, max_bytes: int,
+                  exchange: "_Exchange") -> Response:
         first_origin = origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             key = self._key(url, bucket)
-            self.pacer.wait(key)
+            self.pacer.wait(key)          # waiting our turn is not the server's time
+            exchange.start_clock()
             hdrs = dict(headers)
             if origin(url) != first_origin:
                 hdrs.pop("Authorization", None)
             try:
                 r = self._session().get(url, headers=hdrs, stream=True, timeout=self.timeout,
                                         allow_redirects=False)
+            except AddressRefused as e:
+                raise FetchError(f"refused: {e}", permanent=True) from None
             except requests.Timeout:
                 raise _Transient("timeout") from None
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
@@ -206,6 +240,7 @@ class Fetcher:
                 return Response(r.url, status, CaseInsensitiveDict(r.headers), body, links)
             finally:
                 r.close()
+                exchange.stop_clock()
         raise FetchError(f"more than {MAX_REDIRECTS} redirects", permanent=True)
 
     def _read(self, r: requests.Response, max_bytes: int) -> bytes:
@@ -219,6 +254,9 @@ class Fetcher:
                 if size > max_bytes:
                     raise FetchError(f"too large (more than {max_bytes} bytes)", permanent=True)
                 chunks.append(chunk)
+                exchange = getattr(self._local, "exchange", None)
+                if exchange is not None and exchange.expired:
+                    raise _Transient("deadline")
                 if self.stop.is_set():
                     raise Stopped()
         except requests.Timeout:
@@ -227,6 +265,103 @@ class Fetcher:
                 requests.exceptions.ContentDecodingError) as e:
             raise _Transient(f"connection broken mid-body ({_short(e)})") from None
         return b"".join(chunks)
+
+
+class _Exchange:
+    """One try of one request on one thread, redirects included: the time it has left (the
+    clock runs while a server is being talked to, not while the pacer makes us wait) and the
+    connection it is using, so that the deadline can shut that connection's socket (which wakes
+    a read blocked on a trickling server)."""
+
+    def __init__(self, deadline: float | None):
+        self.lock = threading.Lock()
+        self.conn = None
+        self.expired = False
+        self.left = deadline
+        self._timer = None
+        self._started = 0.0
+
+    def start_clock(self) -> None:
+        if self.left is None:
+            return
+        if self.left <= 0:
+            self.cut()
+            return
+        self._started = time.monotonic()
+        self._timer = threading.Timer(self.left, self.cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def stop_clock(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self.left -= time.monotonic() - self._started
+
+    def use(self, conn) -> None:
+        with self.lock:
+            self.conn = conn
+            if self.expired:
+                _shut(conn)
+
+    def cut(self) -> None:
+        with self.lock:
+            self.expired = True
+            if self.conn is not None:
+                _shut(self.conn)
+
+
+def _shut(conn) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _Watched:
+    """Mixed into urllib3's connections: each new socket is checked against the fetcher's
+    address policy, and each request tells the fetcher's deadline which connection it uses."""
+
+    fetcher: "Fetcher"
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        policy = self.fetcher.addresses
+        if policy is not None:
+            try:
+                policy.check(self.host, self.port, sock.getpeername()[0])
+            except AddressRefused:
+                sock.close()
+                raise
+        return sock
+
+    def request(self, *args, **kwargs):
+        exchange = getattr(self.fetcher._local, "exchange", None)
+        if exchange is not None:
+            exchange.use(self)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter whose connection pools make _Watched connections for ``fetcher``."""
+
+    def __init__(self, fetcher: "Fetcher"):
+        self.fetcher = fetcher
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        http_conn = type("WatchedHTTPConnection", (_Watched, urllib3.connection.HTTPConnection),
+                         {"fetcher": self.fetcher})
+        https_conn = type("WatchedHTTPSConnection",
+                          (_Watched, urllib3.connection.HTTPSConnection),
+                          {"fetcher": self.fetcher})
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("WatchedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
+            "https": type("WatchedHTTPSPool", (HTTPSConnectionPool,),
+                          {"ConnectionCls": https_conn})}
 
 
 _KNOWN = [("NameResolutionError", "host not found"), ("Failed to resolve", "host not found"),

@@ -21,6 +21,7 @@ from deepselfie.errors import UserError
 from deepselfie.tally import Tally
 
 from .counters import IMAGES_KEPT, IMAGES_SKIPPED, POSTS_NEW, POSTS_SEEN_AGAIN
+from .counts import parse_count
 from .images import ImageStore, Rejected
 
 COLUMNS = ("file", "uri", "author", "followers", "likes", "tags", "created_at", "fetched_at")
@@ -78,9 +79,12 @@ def _row_to_post(row: dict, folder: pathlib.Path, imported_at: str, where: str) 
 
     def count(name):
         value = text(name)
-        if not value.isdigit():
-            raise UserError(f"must be a whole number >= 0, not {value!r}", path=where, field=name)
-        return int(value)
+        n = parse_count(value)
+        if n is None:
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise UserError(f"must be a whole number 0 <= n < 2**63 in ASCII digits, not "
+                            f"{shown!r}", path=where, field=name)
+        return n
 
     def when(name, default=None):
         value = text(name)

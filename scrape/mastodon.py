@@ -22,6 +22,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from deepselfie.catalog import MediaRecord, PostRecord, host_of, to_iso
+from .counts import parse_count
 
 OPT_OUT_TAGS = ("nobot", "noindex")
 _OPT_OUT = re.compile(r"#(nobot|noindex)\b", re.IGNORECASE)
@@ -45,17 +46,6 @@ def _text(html_text) -> str:
     if not isinstance(html_text, str):
         return ""
     return html.unescape(_TAG.sub("", _BREAK.sub(" ", html_text)))
-
-
-def _count(value) -> int | None:
-    """A non-negative integer count, from an int or a numeric string; None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _dict(value) -> dict:
@@ -105,11 +95,11 @@ def opt_out_reason(status: dict, account: dict) -> str | None:
 
 def _size(meta: dict) -> tuple[int | None, int | None]:
     original = _dict(_dict(meta).get("original"))
-    w, h = _count(original.get("width")), _count(original.get("height"))
+    w, h = parse_count(original.get("width")), parse_count(original.get("height"))
     if (w is None or h is None) and isinstance(original.get("size"), str):
-        m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", original["size"])
+        m = re.fullmatch(r"\s*([0-9]+)\s*x\s*([0-9]+)\s*", original["size"])
         if m:
-            w, h = int(m[1]), int(m[2])
+            w, h = parse_count(m[1]), parse_count(m[2])
     return w, h
 
 
@@ -154,8 +144,8 @@ def parse_status(status, *, server: str, fetched_at: str) -> PostRecord | Skip:
     uri = next((u for u in (status.get("uri"), status.get("url")) if isinstance(u, str) and u),
                None)
     author = qualified_acct(account, server)
-    followers = _count(account.get("followers_count"))
-    likes = _count(status.get("favourites_count"))
+    followers = parse_count(account.get("followers_count"))
+    likes = parse_count(status.get("favourites_count"))
     for value, name in ((uri, "uri"), (author, "account.acct"),
                         (followers, "account.followers_count"), (likes, "favourites_count")):
         if value is None:
@@ -174,7 +164,7 @@ def parse_status(status, *, server: str, fetched_at: str) -> PostRecord | Skip:
     return PostRecord(
         uri=uri, author=author, followers=followers, likes=likes, created_at=created_at,
         fetched_at=fetched_at, server=server, tags=tags,
-        reblogs=_count(status.get("reblogs_count")) or 0,
+        reblogs=parse_count(status.get("reblogs_count")) or 0,
         sensitive=status.get("sensitive") is True,
         status_id=str(status_id) if isinstance(status_id, (str, int)) else None,
         url=status.get("url") if isinstance(status.get("url"), str) else None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import threading
@@ -26,10 +25,13 @@ from deepselfie.tally import Tally, closing_line
 
 from .counters import (AUTHORS_FLAGGED_OPTED_OUT, HOME_REFRESH_FAILED, HOME_REFRESHED,
                        IMAGES_FAILED, IMAGES_KEPT, IMAGES_REUSED, IMAGES_SKIPPED, PAGES,
-                       POSTS_NEW, POSTS_SEEN_AGAIN, POSTS_SKIPPED, TAG_ERRORS)
+                       PAGING_STOPPED, POSTS_NEW, POSTS_SEEN_AGAIN, POSTS_SKIPPED, TAG_ERRORS,
+                       TAGS_PAUSED)
 from .downloader import Downloader
 from .fetch import Fetcher, FetchError
 from .folder import import_folder, read_metadata
+from . import jsonbody
+from .addresses import AddressPolicy
 from .images import ImageStore
 from .mastodon import Skip, home_status_api, parse_status
 from .timeline import PageError, TagTimeline
@@ -91,13 +93,14 @@ def _scrape_mastodon(cfg, cat, store, tally, *, servers, tags, tokens, max_posts
     stop = threading.Event()
     fetcher = Fetcher(timeout=sc.timeout, retries=sc.retries, backoff=sc.backoff,
                       max_wait=sc.max_wait, user_agent=sc.user_agent, stop=stop,
-                      min_interval={"paging": sc.page_interval})
+                      min_interval={"paging": sc.page_interval}, deadline=sc.deadline,
+                      addresses=AddressPolicy(servers, sc.allow_hosts))
     bar = progress(total=0, desc="images", unit="img")
     downloader = Downloader(cfg.catalog_path, fetcher, store, concurrency=concurrency,
                             max_bytes=sc.max_bytes, tally=tally, bar=bar)
     try:
         downloader.submit(cat.pending_downloads())
-        new = 0
+        new, seen_urls = 0, set()
         for server in servers:
             for tag in tags:
                 budget = max_posts - new if max_posts else None
@@ -106,7 +109,8 @@ def _scrape_mastodon(cfg, cat, store, tally, *, servers, tags, tokens, max_posts
                 timeline = TagTimeline(server, tag, token=tokens.get(server),
                                        page_size=sc.page_size, only_media=sc.only_media)
                 new += _page_tag(cat, fetcher, downloader, timeline, tally, budget=budget,
-                                 refresh_home=sc.refresh_home, tokens=tokens)
+                                 refresh_home=sc.refresh_home, tokens=tokens,
+                                 max_pages=sc.max_pages, seen_urls=seen_urls)
         downloader.finish()
     except BaseException:
         stop.set()
@@ -118,12 +122,26 @@ def _scrape_mastodon(cfg, cat, store, tally, *, servers, tags, tokens, max_posts
 
 
 def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home,
-              tokens) -> int:
-    """Page one tag of one server from its cursor until done (or the budget) -> new posts."""
+              tokens, max_pages=0, seen_urls=None) -> int:
+    """Page one tag of one server from its cursor until done (or the budget) -> new posts.
+
+    Paging ends early, whatever the server's Link headers say, on a URL already read this run
+    (``seen_urls``: a cycle), on a page whose statuses were all seen this run (an ever-new next
+    URL that brings the same posts) and after ``max_pages`` pages (the next run goes on)."""
     server, tag = timeline.server, timeline.tag
     cursor = timeline.start(cat.get_cursor(server, tag))
-    new = 0
+    seen_urls = set() if seen_urls is None else seen_urls
+    seen_ids: set[str] = set()
+    new = pages = 0
     while not cursor["done"]:
+        if max_pages and pages >= max_pages:
+            tally.add(TAGS_PAUSED, f"{server} #{tag}: scrape.max_pages ({max_pages}) reached")
+            break
+        if cursor["next"] in seen_urls:
+            _end_paging(cat, tally, server, tag, cursor,
+                        "the next page is one already read this run (a Link cycle)")
+            break
+        seen_urls.add(cursor["next"])
         page, error = None, None
         for attempt in range(1, PAGE_TRIES + 1):
             try:
@@ -146,11 +164,19 @@ def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home
                         server, tag, error)
             return new
         tally.add(PAGES)
+        pages += 1
+        ids = {str(st["id"]) for st in page.statuses
+               if isinstance(st, dict) and isinstance(st.get("id"), (str, int))}
+        if page.statuses and ids <= seen_ids:
+            _end_paging(cat, tally, server, tag, cursor,
+                        "a page brought no status not already read this run")
+            break
+        seen_ids |= ids
 
         fetched_at = utcnow()
         posts, opted_out = [], []
         for status in page.statuses:
-            post = parse_status(status, server=server, fetched_at=fetched_at)
+            post = _parse(status, server, fetched_at)
             if refresh_home and not isinstance(post, Skip):
                 post = _refresh_from_home(post, fetcher, tokens, tally)
             if isinstance(post, Skip):
@@ -185,6 +211,22 @@ def _page_tag(cat, fetcher, downloader, timeline, tally, *, budget, refresh_home
     return new
 
 
+def _parse(status, server, fetched_at):
+    """parse_status, and a Skip for whatever a hostile status still manages to break in it."""
+    try:
+        return parse_status(status, server=server, fetched_at=fetched_at)
+    except (ValueError, TypeError, ArithmeticError, RecursionError, AttributeError) as e:
+        return Skip(f"malformed status ({type(e).__name__})")
+
+
+def _end_paging(cat, tally, server, tag, cursor, why) -> None:
+    """End this pass of the tag's paging (the next run starts a new pass from the top)."""
+    with cat.transaction():
+        cat.set_cursor(server, tag, {**cursor, "next": None, "stop_at": None, "done": True})
+    tally.add(PAGING_STOPPED, f"{server} #{tag}: {why}")
+    log.warning("%s #%s: paging stopped: %s", server, tag, why)
+
+
 def _refresh_from_home(post, fetcher, tokens, tally):
     """The post as its home server sees it (fresher counts); the copy we have when that fails."""
     if host_of(post.uri) == host_of(post.server):
@@ -199,15 +241,15 @@ def _refresh_from_home(post, fetcher, tokens, tally):
     if tokens.get(home):
         headers["Authorization"] = f"Bearer {tokens[home]}"
     try:
-        status = json.loads(fetcher.get(api, bucket="api", headers=headers,
-                                        max_bytes=5_000_000).body)
+        status = jsonbody.loads(fetcher.get(api, bucket="api", headers=headers,
+                                            max_bytes=5_000_000).body)
     except FetchError as e:
         tally.add(HOME_REFRESH_FAILED, e.reason)
         return post
-    except ValueError:
-        tally.add(HOME_REFRESH_FAILED, "malformed JSON")
+    except jsonbody.BadJSON as e:
+        tally.add(HOME_REFRESH_FAILED, str(e))
         return post
-    fresh = parse_status(status, server=home, fetched_at=post.fetched_at)
+    fresh = _parse(status, home, post.fetched_at)
     if not isinstance(fresh, Skip) and fresh.uri != post.uri:
         tally.add(HOME_REFRESH_FAILED, "home server answered with another post")
         return post
@@ -280,7 +322,9 @@ def describe(tally: Tally, seconds: float) -> str:
                         (HOME_REFRESHED, "refreshed from home"),
                         (HOME_REFRESH_FAILED, "home refreshes failed"),
                         (AUTHORS_FLAGGED_OPTED_OUT, "authors we had flagged as opted out"),
-                        (TAG_ERRORS, "tags stopped early")):
+                        (TAG_ERRORS, "tags stopped early"),
+                        (PAGING_STOPPED, "tags whose paging was stopped"),
+                        (TAGS_PAUSED, "tags paused at scrape.max_pages")):
         text = tally.describe(what, label)
         if text:
             parts.append(text)

@@ -14,10 +14,10 @@ A cursor (a small JSON dict in the catalog) says where a pass stands:
 """
 from __future__ import annotations
 
-import json
 import urllib.parse
 from dataclasses import dataclass
 
+from . import jsonbody
 from .fetch import Fetcher, origin
 
 MAX_PAGE_BYTES = 20_000_000
@@ -76,12 +76,9 @@ class TagTimeline:
         resp = fetcher.get(url, bucket="paging" if paging else "api", headers=headers,
                            max_bytes=MAX_PAGE_BYTES)
         try:
-            statuses = json.loads(resp.body)
-        except json.JSONDecodeError as e:
-            raise PageError(f"malformed JSON page ({e.msg}: line {e.lineno} column "
-                            f"{e.colno})") from None
-        except (UnicodeDecodeError, ValueError) as e:
-            raise PageError(f"malformed JSON page ({str(e)[:60]})") from None
+            statuses = jsonbody.loads(resp.body)
+        except jsonbody.BadJSON as e:
+            raise PageError(str(e)) from None
         if not isinstance(statuses, list):
             raise PageError(f"unexpected page: a JSON {type(statuses).__name__}, not a list")
 

@@ -16,13 +16,19 @@ per request, or for every request with ``fail_always``:
   "malformed"  200 with broken JSON
   "html"       200 with an HTML page
   "redirect:URL"  302 to URL (any scheme)
+  "trickle"    the right answer, its body sent one byte every ``trickle_seconds``
+  "deep"       200 with a JSON array nested 100 000 deep
+  "link:URL"   the right answer with ``Link: <URL>; rel="next"`` (a cycle, when URL was read)
+  "same-page"  the first page again (max_id ignored), with a next link never seen before
 
 ``requests`` records every request (time, path, query, status, headers) for the tests to read.
 """
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 from deepselfie.demo import mastodon
@@ -45,11 +51,32 @@ def _iso(t: float) -> str:
             .replace("+00:00", "Z"))
 
 
+class Trickle(bytes):
+    """A body to send one byte at a time, ``seconds`` apart."""
+
+    seconds = 2.0
+
+
+class _Handler(mastodon._Handler):
+    def write_body(self, body, cut):
+        if not isinstance(body, Trickle):
+            return super().write_body(body, cut)
+        for i in range(len(body)):
+            self.wfile.write(body[i:i + 1])
+            self.wfile.flush()
+            time.sleep(body.seconds)
+
+
 class MastodonAPIServer(mastodon.MastodonAPIServer):
+    handler_class = _Handler
+
     def __init__(self, *, flavor: str = "mastodon", token: str | None = None,
                  latency: float = 0.0, rate_limit: tuple[int, float] | None = None,
-                 reset_after: float = 1.0, slow_seconds: float = 2.0):
+                 reset_after: float = 1.0, slow_seconds: float = 2.0,
+                 trickle_seconds: float = 2.0):
         super().__init__(flavor=flavor)
+        self.trickle_seconds = trickle_seconds
+        self._fresh = itertools.count(1)
         self.token = token
         self.latency = latency
         self.rate_limit = rate_limit
@@ -146,6 +173,20 @@ class MastodonAPIServer(mastodon.MastodonAPIServer):
                 b"<body>Checking your browser</body></html>")
         elif fault and fault.startswith("redirect:"):
             status_, hdrs, body = 302, {"Location": fault[len("redirect:"):]}, b""
+        elif fault == "trickle":
+            body = Trickle(body)
+            body.seconds = self.trickle_seconds
+        elif fault == "deep":
+            status_, hdrs, body = 200, {"Content-Type": "application/json"}, (
+                b"[" * 100_000 + b"]" * 100_000)
+        elif fault and fault.startswith("link:"):
+            hdrs["Link"] = f'<{fault[len("link:"):]}>; rel="next"'
+        elif fault == "same-page":
+            first = {k: v for k, v in query.items() if k != "max_id"}
+            status_, hdrs, body = self.route(path, first, headers)
+            fresh = urllib.parse.urlencode({**first, "max_id": "999999999",
+                                            "n": next(self._fresh)})
+            hdrs["Link"] = f'<{self.url}{path}?{fresh}>; rel="next"'
         elif fault == "truncate":
             body = body[: len(body) // 2]
         elif fault == "reset":

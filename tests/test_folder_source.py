@@ -86,6 +86,26 @@ def test_a_bad_row_is_one_clear_error_and_nothing_is_written(folder, tmp_path, c
     assert snapshot(data) == before
 
 
+@pytest.mark.parametrize("row,field", [
+    ("c.jpg,,bo,100000000000000000000000,2,selfie,2025-02-02T00:00:00Z,", "followers"),
+    ("c.jpg,,bo,40,\u00b2,selfie,2025-02-02T00:00:00Z,", "likes"),
+    ("c.jpg,,bo,40,9223372036854775808,selfie,2025-02-02T00:00:00Z,", "likes"),
+])
+def test_a_bad_count_after_good_rows_writes_nothing(folder, tmp_path, cli, row, field):
+    """Issue 15 item 8: followers 10**23 or likes "²" on row 3 used to commit rows 1-2 and then
+    end in a traceback."""
+    data = tmp_path / "data"
+    bad = tmp_path / "bad.csv"
+    bad.write_text(HEADER + "".join(r + "\n" for r in [ROWS[0], ROWS[1], row]), encoding="utf-8")
+    r = cli("scrape", "--source", "folder", "--folder", folder, "--metadata", bad,
+            "--data-dir", data)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert f"{bad}:4: {field}:" in r.stderr and "whole number" in r.stderr
+    if (data / "catalog.sqlite").exists():
+        with Catalog(data / "catalog.sqlite") as cat:
+            assert cat.execute("SELECT COUNT(*) FROM posts").fetchone()[0] == 0
+
+
 def test_header_problems(folder, tmp_path, cli):
     meta = tmp_path / "m.csv"
     meta.write_text("file,author,likes\na.jpg,ann,3\n")

@@ -294,7 +294,9 @@ def test_an_author_who_opts_out_later_is_flagged(tmp_path):
 def test_refresh_from_the_home_server(servers, tmp_path):
     a, b = servers
     expected = build_two_servers(a, b, n_a=4, n_b=1, n_shared=4)
-    cfg = two_server_config(tmp_path, b, "scrape.refresh_home=true")
+    # A is not a configured server and is on 127.0.0.1: allowed by name (scrape.allow_hosts)
+    cfg = two_server_config(tmp_path, b, "scrape.refresh_home=true",
+                            f'scrape.allow_hosts=["{a.host}"]')
     result = run_scrape(cfg, servers=[b.url], tags=["me"])   # B only: A's posts come via B
     with Catalog(cfg.catalog_path) as cat:
         rows = {r["uri"]: r for r in cat.export_rows()}

@@ -169,3 +169,18 @@ def test_snap_to_grid_gives_each_point_its_own_nearby_cell(exact_max):
     corners = np.array([(0, 0), (1, 1), (0, 1)])
     nearest = ((centroids[:, None] - corners[None]) ** 2).sum(-1).argmin(1)
     assert nearest.tolist() == [0, 1, 2]                # each clump sits in its own corner
+
+
+def test_file_names_cannot_break_out_of_the_maps_json(tmp_path):
+    """Issue 15 item 11: a file named <!--<script>.jpg blanked the page (only </ was escaped)."""
+    from deepselfie.report.tsne_map import html_map
+    names = ["<!--<script>.jpg", "</script><script>alert(1)</script>.jpg", "a&amp;b>.jpg",
+             "line\u2028sep.jpg"]
+    records = [{"path": n, "score": 0.5, "x": i / 4, "y": 0.5, "thumb": f"thumbs/{i}.jpg",
+                "preview": f"thumbs/{i}.jpg"} for i, n in enumerate(names)]
+    page = html_map(tmp_path, records, blob="fc7", method="sklearn").read_text()
+    start = page.index('<script id="points" type="application/json">')
+    data = page[start:].split(">", 1)[1].split("</script>", 1)[0]
+    assert "<" not in data and ">" not in data and "&" not in data and "\u2028" not in data
+    assert [p["path"] for p in json.loads(data)] == names
+    assert page.count("<script") == 2 and page.count("</script>") == 2

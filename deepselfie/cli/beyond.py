@@ -96,8 +96,10 @@ def run_serve(args, cfg):
     scorer = make_scorer(cfg)
     reference = Reference.load(sv.reference, scorer)
     app = App(scorer, reference, CropSearch.from_config(cfg.crop) if sv.crop else None,
-              max_bytes=sv.max_bytes, max_pixels=sv.max_pixels, concurrent=sv.concurrent)
-    server = make_server(app, sv.host, sv.port)
+              max_bytes=sv.max_bytes, max_pixels=sv.max_pixels, concurrent=sv.concurrent,
+              memory_mb=sv.memory_mb, body_memory_mb=sv.body_memory_mb,
+              read_seconds=sv.read_seconds)
+    server = make_server(app, sv.host, sv.port, backlog=sv.backlog)
 
     def stop(*_):
         raise KeyboardInterrupt

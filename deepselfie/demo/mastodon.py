@@ -34,6 +34,8 @@ def _id_key(s) -> tuple:
 class MastodonAPIServer:
     """Statuses and files on a threaded HTTP server at 127.0.0.1:<free port>."""
 
+    handler_class: type = None   # _Handler (set below); the tests' server sends bodies its way
+
     def __init__(self, *, flavor: str = "mastodon"):
         if flavor not in ("mastodon", "pixelfed"):
             raise ValueError("flavor must be mastodon or pixelfed")
@@ -48,7 +50,7 @@ class MastodonAPIServer:
 
     # ------------------------------------------------------------ setup
     def start(self) -> "MastodonAPIServer":
-        handler = type("Handler", (_Handler,), {"api": self})
+        handler = type("Handler", (self.handler_class,), {"api": self})
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever,
@@ -178,6 +180,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.write_body(body, cut)
+
+    def write_body(self, body: bytes, cut: int | None) -> None:
         if cut is None:
             self.wfile.write(body)
             return
@@ -188,6 +193,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.rfile.close()
         self.wfile.close()
         self.connection.close()
+
+
+MastodonAPIServer.handler_class = _Handler
 
 
 # ---------------------------------------------------------------- realistic Mastodon JSON

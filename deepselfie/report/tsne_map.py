@@ -21,6 +21,7 @@ import pathlib
 import numpy as np
 
 from deepselfie.console import get_logger
+from deepselfie.embed import json_for_html
 from deepselfie.errors import UserError
 from deepselfie.files import atomic_write
 
@@ -218,8 +219,8 @@ for (const p of points) {{
 
 def html_map(out_dir, records, *, blob, method, side=900, dot=36) -> pathlib.Path:
     """index.html: ``records`` are dicts with path, score, x, y (in [0, 1]), thumb, preview."""
-    points = json.dumps([{k: r[k] for k in ("path", "score", "x", "y", "thumb", "preview")}
-                         for r in records]).replace("</", "<\\/")
+    points = json_for_html([{k: r[k] for k in ("path", "score", "x", "y", "thumb", "preview")}
+                            for r in records])
     page = MAP_PAGE.format(title="deepselfie t-SNE map", n=len(records), blob=html.escape(blob),
                            method=html.escape(method), side=side, dot=dot, points=points)
     return atomic_write(pathlib.Path(out_dir) / "index.html", page)

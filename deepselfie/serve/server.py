@@ -10,11 +10,19 @@ The model is loaded once; requests are served on threads (ThreadingHTTPServer) a
 forwards are serialized by the Scorer's lock, so decoding and resizing overlap. Uploads over
 ``max_bytes`` get 413, images over ``max_pixels`` and non-images get 400, each with
 {"error": "..."} saying what is wrong.
+
+Memory is budgeted (serve section of config.yaml): bodies are held in memory up to
+``body_memory_mb`` in all and spooled to disk beyond (serve.uploads); an upload is decoded only
+inside one of ``concurrent`` slots and once ``memory_mb`` has room for its pixels (known from
+the header; serve.decode), with one full-size copy. Only JPEG, PNG, GIF, BMP, TIFF and WebP are
+decoded (never PostScript: no Ghostscript). The listen backlog holds ``backlog`` waiting
+clients, and health checks are answered while uploads wait.
 """
 from __future__ import annotations
 
 import base64
 import bisect
+import ctypes
 import dataclasses
 import http.server
 import io
@@ -28,21 +36,18 @@ import urllib.parse
 import numpy as np
 
 from deepselfie.console import get_logger
+from deepselfie.embed import json_for_html
 from deepselfie.errors import UserError
 
 from models.selfie.crop import CropSearch, cut_box, search_crop
-from models.selfie.score import ImageTooLarge, UnreadableImage, list_images, load_bgr, read_scores
+from models.selfie.score import ImageTooLarge, UnreadableImage, list_images, read_scores
+from .decode import bytes_needed, decode_bgr, header_size
+from .uploads import ApiError, Body, ByteBudget, read_body
 
 log = get_logger("serve")
 
 PAGE_FILE = pathlib.Path(__file__).with_name("page.html")
 DRAIN_LIMIT = 256 * 1024 * 1024     # an oversized body is read and dropped up to this, then cut
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclasses.dataclass
@@ -82,25 +87,8 @@ class Reference:
 
 def parse_multipart(body: bytes, content_type: str) -> bytes:
     """The first file (or else the first field) of a multipart/form-data body."""
-    params = dict(p.strip().split("=", 1) for p in content_type.split(";")[1:] if "=" in p)
-    boundary = params.get("boundary", "").strip('"')
-    if not boundary:
-        raise ApiError(400, "multipart/form-data without a boundary")
-    first = None
-    for part in body.split(b"--" + boundary.encode("latin-1"))[1:]:
-        if part.startswith(b"--"):
-            break
-        head, sep, content = part.partition(b"\r\n\r\n")
-        if not sep:
-            continue
-        if content.endswith(b"\r\n"):
-            content = content[:-2]
-        if b"filename=" in head.lower():
-            return content
-        first = content if first is None else first
-    if first is None:
-        raise ApiError(400, "the form has no file in it: send the image as a file field")
-    return first
+    start, end = Body(data=body, size=len(body)).find_file_part(content_type)
+    return bytes(body[start:end])
 
 
 def jpeg_data_url(image_bgr: np.ndarray, max_side: int = 512) -> str:
@@ -116,11 +104,16 @@ class App:
     """What the server answers, apart from HTTP: score an upload, describe itself."""
 
     def __init__(self, scorer, reference: Reference, search: CropSearch | None = CropSearch(),
-                 max_bytes=20_000_000, max_pixels=50_000_000, concurrent=8):
+                 max_bytes=20_000_000, max_pixels=50_000_000, concurrent=8, memory_mb=1536,
+                 body_memory_mb=64, read_seconds=60.0):
         self.scorer, self.reference, self.search = scorer, reference, search
         self.max_bytes, self.max_pixels = int(max_bytes), int(max_pixels)
-        # Decoded uploads are big (3 bytes a pixel): at most this many are in memory at once.
+        # Decoded uploads are big: at most this many are decoded and scored at once ...
         self.slots = threading.BoundedSemaphore(max(1, int(concurrent)))
+        # ... and only while their pixels fit the decoding budget; bodies have their own.
+        self.memory = ByteBudget(int(memory_mb * 2 ** 20))
+        self.bodies = ByteBudget(int(body_memory_mb * 2 ** 20))
+        self.read_seconds = float(read_seconds)
 
     def health(self) -> dict:
         return {"status": "ok", "model": self.scorer.deploy.name,
@@ -130,22 +123,31 @@ class App:
 
     def page(self) -> bytes:
         text = PAGE_FILE.read_text(encoding="utf-8")
-        return text.replace("__MAX_BYTES__", str(self.max_bytes)).encode("utf-8")
+        return text.replace("__MAX_BYTES__", json_for_html(self.max_bytes)).encode("utf-8")
 
-    def score(self, data: bytes, crop: bool = True) -> dict:
-        if not data:
+    def score(self, data, crop: bool = True) -> dict:
+        """Score an upload: bytes, or a seekable binary file positioned at its start."""
+        fp = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+        if not fp.read(1):
             raise ApiError(400, "empty upload: send an image")
+        fp.seek(0)
         with self.slots:
-            return self._score(data, crop)
+            try:
+                need = bytes_needed(*header_size(fp, self.max_pixels))
+            except UnreadableImage as e:
+                raise _unreadable(e) from None
+            held = self.memory.take(need)
+            try:
+                return self._score(fp, crop)
+            finally:
+                self.memory.give(held)
+                _give_back_memory()
 
-    def _score(self, data: bytes, crop: bool) -> dict:
+    def _score(self, fp, crop: bool) -> dict:
         try:
-            image = load_bgr(io.BytesIO(data), max_pixels=self.max_pixels)
-        except ImageTooLarge as e:
-            raise ApiError(400, f"image too large: {e}") from None
+            image = decode_bgr(fp, max_pixels=self.max_pixels)
         except UnreadableImage as e:
-            raise ApiError(400, f"not an image we can read ({e}); send a JPEG, PNG, GIF, "
-                                f"BMP, TIFF or WebP file") from None
+            raise _unreadable(e) from None
         h, w = image.shape[:2]
         result = {"width": w, "height": h}
         if crop and self.search is not None:
@@ -161,6 +163,27 @@ class App:
         result.update(score=round(score, 6), percentile=self.reference.percentile(score),
                       reference=len(self.reference.scores))
         return result
+
+
+def _unreadable(e: UnreadableImage) -> ApiError:
+    if isinstance(e, ImageTooLarge):
+        return ApiError(400, f"image too large: {e}")
+    return ApiError(400, f"not an image we can read ({e}); send a JPEG, PNG, GIF, BMP, TIFF or "
+                         "WebP file")
+
+
+def _give_back_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them otherwise, and a server that
+    decoded a few big images would stay big). A no-op where there is no malloc_trim."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+try:
+    _LIBC = ctypes.CDLL(None)
+    _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -248,15 +271,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_json(413, self._too_large(), close=True)
             self._drain(length)
             return
-        body = self.rfile.read(length)
         query = urllib.parse.parse_qs(url.query)
         crop = query.get("crop", ["1"])[0] not in ("0", "false", "no")
         started = time.perf_counter()
         try:
-            ctype = self.headers.get("Content-Type", "")
-            if ctype.lower().startswith("multipart/form-data"):
-                body = parse_multipart(body, ctype)
-            result = self.app.score(body, crop=crop)
+            body = read_body(self.rfile, self.connection, length, self.app.bodies,
+                             seconds=self.app.read_seconds)
+        except ApiError as e:
+            self.send_json(e.status, {"error": str(e)}, close=True)
+            return
+        try:
+            with body:
+                start, end = 0, body.size
+                ctype = self.headers.get("Content-Type", "")
+                if ctype.lower().startswith("multipart/form-data"):
+                    start, end = body.find_file_part(ctype)
+                with body.open(start, end) as fp:
+                    result = self.app.score(fp, crop=crop)
         except ApiError as e:
             self.send_json(e.status, {"error": str(e)})
             return
@@ -264,6 +295,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             log.exception("scoring failed")
             self.send_json(500, {"error": "internal error while scoring (see the server log)"})
             return
+        finally:
+            self.connection.settimeout(self.timeout)
         result["seconds"] = round(time.perf_counter() - started, 4)
         self.send_json(200, result)
 
@@ -271,6 +304,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128   # the listen backlog (socketserver's default of 5 resets a burst)
 
     @property
     def url(self) -> str:
@@ -278,19 +312,21 @@ class Server(http.server.ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
 
-def make_server(app: App, host="127.0.0.1", port=8000) -> Server:
+def make_server(app: App, host="127.0.0.1", port=8000, backlog=128) -> Server:
     handler = type("AppHandler", (Handler,), {"app": app})
+    server_class = type("AppServer", (Server,), {"request_queue_size": max(1, int(backlog))})
     try:
-        return Server((host, port), handler)
+        return server_class((host, port), handler)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})",
                         path="--port") from None
 
 
-def start_in_thread(app: App, host="127.0.0.1", port=0) -> tuple[Server, threading.Thread]:
+def start_in_thread(app: App, host="127.0.0.1", port=0,
+                    backlog=128) -> tuple[Server, threading.Thread]:
     """A running server on a background thread (for tests and notebooks); server.shutdown()
     stops it."""
-    server = make_server(app, host, port)
+    server = make_server(app, host, port, backlog)
     thread = threading.Thread(target=server.serve_forever, name="deepselfie-serve", daemon=True)
     thread.start()
     return server, thread

@@ -24,8 +24,19 @@ _COEF_BITS = 11
 _COEF_SCALE = 1 << _COEF_BITS
 
 
+MAX_PIXELS = 100_000_000   # more than any training image: a decompression bomb's header
+
+
 class ImageDecodeError(ValueError):
     """The bytes are not an image this runtime can turn into 8-bit pixels (the message says why)."""
+
+
+def check_pixels(width: int, height: int, limit: int = MAX_PIXELS) -> None:
+    """ImageDecodeError when a header claims more than ``limit`` pixels (checked before
+    decoding: a few hundred bytes of PNG can claim billions)."""
+    if width * height > limit:
+        raise ImageDecodeError(f"the image claims {width} x {height} = {width * height:,} "
+                               f"pixels, more than {limit:,} (a decompression bomb?)")
 
 
 def decode(data: bytes, flag: str = COLOR) -> np.ndarray:
@@ -34,6 +45,7 @@ def decode(data: bytes, flag: str = COLOR) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
     try:
         with Image.open(io.BytesIO(data)) as im:
+            check_pixels(*im.size)
             if flag == GRAYSCALE and im.format == "JPEG":
                 im.draft("L", im.size)      # libjpeg's own grayscale output, as OpenCV asks
             im.load()
@@ -43,6 +55,8 @@ def decode(data: bytes, flag: str = COLOR) -> np.ndarray:
             return _to_array(im, flag, fmt)
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format") from None
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(str(e)) from None
     except (OSError, ValueError, SyntaxError) as e:
         if isinstance(e, ImageDecodeError):
             raise

@@ -147,7 +147,13 @@ def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
     decoded (to BGR, as Caffe's OpenCV decoding gives)."""
     if datum.encoded:
         from PIL import Image
-        with Image.open(_io.BytesIO(datum.data)) as im:
+        from .cvimage import ImageDecodeError, check_pixels
+        try:
+            im = Image.open(_io.BytesIO(datum.data))
+        except Image.DecompressionBombError as e:
+            raise ImageDecodeError(str(e)) from None
+        with im:
+            check_pixels(*im.size)
             im.load()
             gray = im.mode in ("L", "I;16", "I", "1") and datum.channels == 1
             arr = np.asarray(im.convert("L" if gray else "RGB"))

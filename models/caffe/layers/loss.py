@@ -15,6 +15,16 @@ LP = caffe_pb2.LossParameter
 FLT_MIN = 1.17549435e-38
 
 
+def check_labels(layer, labels, valid, classes: int) -> None:
+    """A one-line error naming ``layer`` when a label that is not ignored is no class index
+    0..classes-1 (Caffe only DCHECKs this: a release build reads out of bounds)."""
+    bad = valid & ((labels < 0) | (labels >= classes))
+    if bool(bad.any()):
+        value = int(labels[bad][0])
+        raise layer.error(f"label {value} is out of range for {classes} classes (0.."
+                          f"{classes - 1}): check the labels in the data")
+
+
 class LossLayer(Layer):
     bottoms = (2, 2)
     tops = (1, 1)
@@ -92,6 +102,7 @@ class SoftmaxWithLoss(LossLayer):
         labels = label.detach().reshape(outer, -1).long()
         ignore = self.ignore_label()
         valid = labels != ignore if ignore is not None else torch.ones_like(labels, dtype=bool)
+        check_labels(self, labels, valid, c)
         mode = self.normalization()
         count = valid.sum().float() if (mode == LP.VALID and ignore is not None) else None
         norm = self.normalizer(mode, outer, x3.shape[2], count)
@@ -157,7 +168,9 @@ class MultinomialLogisticLoss(LossLayer):
     def forward(self, bottoms, params):
         p, label = bottoms
         n = p.shape[0]
-        picked = p.reshape(n, -1).gather(1, label.detach().reshape(n, 1).long())
+        labels = label.detach().reshape(n, 1).long()
+        check_labels(self, labels, torch.ones_like(labels, dtype=torch.bool), p.numel() // n)
+        picked = p.reshape(n, -1).gather(1, labels)
         return [-torch.log(picked.clamp_min(1e-20)).sum() / n]
 
 
@@ -171,7 +184,9 @@ class HingeLoss(LossLayer):
         n = x.shape[0]
         x2 = x.reshape(n, -1)
         sign = -torch.ones_like(x2)
-        sign.scatter_(1, label.detach().reshape(n, 1).long(), 1.0)
+        labels = label.detach().reshape(n, 1).long()
+        check_labels(self, labels, torch.ones_like(labels, dtype=torch.bool), x2.shape[1])
+        sign.scatter_(1, labels, 1.0)
         margin = torch.relu(1 - sign * x2)
         if self.param.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2:
             margin = margin * margin
@@ -209,6 +224,7 @@ class Accuracy(Layer):
         labels = label.reshape(outer, -1).long()
         valid = labels != p.ignore_label if p.HasField("ignore_label") else \
             torch.ones_like(labels, dtype=torch.bool)
+        check_labels(self, labels, valid, c)
         safe = torch.where(valid, labels, torch.zeros_like(labels))
         true_score = x3.gather(1, safe.unsqueeze(1))
         better = (x3 > true_score).sum(dim=1)
