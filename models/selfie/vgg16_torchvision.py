@@ -104,8 +104,17 @@ def load_checkpoint(path):
         return torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile,
             AttributeError, ImportError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"not a loadable torch checkpoint ({first})", path=path) from None
+        raise UserError(f"not a torch checkpoint that loads with weights_only=True "
+                        f"({type(e).__name__}: {_reason(e)})", path=path) from None
+
+
+def _reason(e: Exception) -> str:
+    """The telling line of torch.load's (long, multi-line) error."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.endswith("error:") and i + 1 < len(lines):
+            return lines[i + 1][:160]
+    return lines[0][:160] if lines else "no detail"
 
 
 def write_caffemodel(blobs: list, dest, *, name: str = "VGG_ILSVRC_16_layers") -> None:

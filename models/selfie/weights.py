@@ -140,7 +140,11 @@ def fetch_torchvision(name: str, models_dir, *, url=None, path=None,
     pth = _obtain(rf, models_dir / rf.filename, url=url, path=path, checksum=want, limits=limits)
     dest = models_dir / CONVERTED[name]
     log.info("converting %s into %s", pth.name, dest.name)
-    tv.convert(pth, dest)
+    try:
+        tv.convert(pth, dest)
+    except UserError as e:
+        pth.unlink(missing_ok=True)        # useless as it is; the next run fetches it again
+        raise UserError(f"{e.detail}; it was removed", path=e.path) from None
     card = {
         "weights": dest.name,
         "source": f"torchvision {rf.filename} ({url or path or rf.url})",
