@@ -324,9 +324,10 @@ def download(url: str, dest, *, checksum: Checksum | None = None, size: int | No
                                     f"{str(e).splitlines()[0] if str(e) else 'no detail'})",
                                     path=url) from None
         except _Expired:
+            kept = (f"; what arrived is kept in {part.name} and a rerun resumes it"
+                    if part.exists() and part.stat().st_size else "")
             raise UserError(f"no complete download within the deadline of {limits.deadline:g} s "
-                            f"(fetch.deadline); what arrived is kept in {part.name} and a rerun "
-                            "resumes it", path=url) from None
+                            f"(fetch.deadline){kept}", path=url) from None
         finally:
             sess.close()
     if checksum is not None:
