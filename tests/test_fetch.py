@@ -218,3 +218,28 @@ def test_cli_trickling_server_ends_at_the_deadline_option(cli, tmp_path):
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "deadline of 1.5 s" in r.stderr
     assert not (tmp_path / "models" / "VGG_ILSVRC_16_layers.caffemodel").exists()
+
+
+def test_cli_resume_answered_from_byte_0_installs_the_right_file_under_no_verify(cli, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "VGG_ILSVRC_16_layers.caffemodel.part").write_bytes(WEIGHTS[:200_000])
+    (models / "VGG_ILSVRC_16_layers_deploy.prototxt").write_text("# there: never fetched\n")
+    with FileServer({"/w": WEIGHTS}, range_from_zero=True) as srv:
+        r = cli("fetch-weights", "vgg16", "--url", srv.url("/w"), "--no-verify",
+                "--data-dir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (models / "VGG_ILSVRC_16_layers.caffemodel").read_bytes() == WEIGHTS
+    assert not (models / "VGG_ILSVRC_16_layers.caffemodel.part").exists()
+
+
+def test_a_mirror_of_the_published_file_is_capped_at_the_published_size(tmp_path, monkeypatch):
+    monkeypatch.setitem(fetch.MODELS, "vgg16", [
+        fetch.RemoteFile("VGG_ILSVRC_16_layers.caffemodel", "http://unused/", SHA1,
+                         size=len(WEIGHTS))])
+    with FileServer({"/w": WEIGHTS * 2}, no_length=True) as srv:
+        with pytest.raises(UserError, match="more than the 1048576 bytes allowed "
+                                            r"\(the published size\)"):
+            fetch.fetch_model("vgg16", tmp_path / "m", url=srv.url("/w"), verify=False,
+                              limits=FAST)
+    assert nothing_in(tmp_path / "m")
