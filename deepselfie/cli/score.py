@@ -30,13 +30,24 @@ def register(sub, common):
     f = sub.add_parser("fetch-weights", parents=[common],
                        help="download published weights (VGG16) into the models directory",
                        description="Download a published model's weights with resume and "
-                                   "checksum verification, or install a local copy.")
+                                   "checksum verification, or install a local copy. Every "
+                                   "download has a deadline and a size cap (fetch section).")
     f.add_argument("name", choices=["vgg16"], help="which model")
+    f.add_argument("--source", choices=["caffe", "torchvision"], default="caffe",
+                   help="caffe: the authors' .caffemodel (default); torchvision: torchvision's "
+                        "ImageNet checkpoint, converted exactly to the Caffe layout "
+                        "(VGG_ILSVRC_16_layers_torchvision.caffemodel, mean 103.53,116.28,123.675)")
     f.add_argument("--url", help="download the weights from this URL instead")
     f.add_argument("--path", help="use this local file instead of downloading")
-    f.add_argument("--sha1", help="expected SHA-1 of the weights (default: the published one)")
+    f.add_argument("--sha1", help="expected SHA-1 of the Caffe weights (default: the published one)")
+    f.add_argument("--sha256", help="expected SHA-256 (or its first 8+ hex digits) of the "
+                                    "torchvision checkpoint (default: the published prefix)")
     f.add_argument("--no-verify", action="store_true", help="skip checksum verification")
-    f.add_argument("--retries", type=int, default=5, help="retries on a broken connection")
+    f.add_argument("--retries", type=int, help="retries on a broken connection (fetch.retries)")
+    f.add_argument("--deadline", type=float, metavar="SECONDS",
+                   help="most seconds the whole download may take (fetch.deadline)")
+    f.add_argument("--max-bytes", type=int, metavar="N",
+                   help="largest download whose size is not published (fetch.max_bytes)")
     f.set_defaults(func=run_fetch)
 
 
@@ -74,12 +85,28 @@ def make_scorer(cfg):
 
 def run_fetch(args, cfg):
     from deepselfie.console import summary
+    from deepselfie.download import Checksum, Limits
+    from deepselfie.errors import UserError
     from models.selfie.weights import fetch_model
-    files = fetch_model(args.name, cfg.models_dir, url=args.url, path=args.path, sha1=args.sha1,
-                        verify=not args.no_verify, retries=args.retries)
+
+    fc = cfg.fetch
+    limits = Limits(timeout=fc.timeout,
+                    deadline=args.deadline if args.deadline is not None else fc.deadline,
+                    max_bytes=args.max_bytes if args.max_bytes is not None else fc.max_bytes,
+                    retries=args.retries if args.retries is not None else fc.retries)
+    if limits.deadline <= 0 or limits.max_bytes <= 0 or limits.retries < 0:
+        raise UserError("must be positive (retries: 0 or more)", path="--deadline/--max-bytes")
+    if args.sha1 and args.sha256:
+        raise UserError("give --sha1 (caffe) or --sha256 (torchvision), not both", path="--sha1")
+    checksum = Checksum("sha1", args.sha1) if args.sha1 else \
+        Checksum("sha256", args.sha256) if args.sha256 else None
+    files = fetch_model(args.name, cfg.models_dir, source=args.source, url=args.url,
+                        path=args.path, checksum=checksum, verify=not args.no_verify,
+                        limits=limits)
     for f in files:
         print(f)
-    summary("fetch-weights", f"{args.name}: {len(files)} file(s) in {cfg.models_dir}")
+    summary("fetch-weights", f"{args.name} ({args.source}): {len(files)} file(s) in "
+                             f"{cfg.models_dir}")
     return 0
 
 
