@@ -193,12 +193,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        nullable=True),
     },
     "fetch": {
-        "timeout": _k(float, 30.0, "seconds to wait for a weights server to connect or send"),
+        "timeout": _k(float, 30.0, "seconds to wait for a weights server to connect or send",
+                      rule=above(0)),
         "deadline": _k(float, 7200.0, "most seconds one weights download may take in all "
-                       "(retries included); a rerun resumes what arrived"),
+                       "(retries included); a rerun resumes what arrived", rule=above(0)),
         "max_bytes": _k(int, 1_000_000_000, "largest download whose size is not published "
-                        "(--url with --sha1/--sha256); published files are capped at their size"),
-        "retries": _k(int, 5, "retries on a broken connection"),
+                        "(--url with --sha1/--sha256); published files are capped at their size",
+                        rule=at_least(1)),
+        "retries": _k(int, 5, "retries on a broken connection", rule=at_least(0)),
     },
     "faces": {
         "min_face_size": _k(int, 20, "smallest face to find, in pixels of the image as detected",

@@ -43,11 +43,11 @@ def register(sub, common):
     f.add_argument("--sha256", help="expected SHA-256 (or its first 8+ hex digits) of the "
                                     "torchvision checkpoint (default: the published prefix)")
     f.add_argument("--no-verify", action="store_true", help="skip checksum verification")
-    f.add_argument("--retries", type=int, help="retries on a broken connection (fetch.retries)")
-    f.add_argument("--deadline", type=float, metavar="SECONDS",
-                   help="most seconds the whole download may take (fetch.deadline)")
-    f.add_argument("--max-bytes", type=int, metavar="N",
-                   help="largest download whose size is not published (fetch.max_bytes)")
+    add_setting(f, "--retries", key="fetch.retries", help="retries on a broken connection")
+    add_setting(f, "--deadline", key="fetch.deadline", metavar="SECONDS",
+                help="most seconds the whole download may take")
+    add_setting(f, "--max-bytes", key="fetch.max_bytes", metavar="N",
+                help="largest download whose size is not published")
     f.set_defaults(func=run_fetch)
 
 
@@ -90,12 +90,8 @@ def run_fetch(args, cfg):
     from models.selfie.weights import fetch_model
 
     fc = cfg.fetch
-    limits = Limits(timeout=fc.timeout,
-                    deadline=args.deadline if args.deadline is not None else fc.deadline,
-                    max_bytes=args.max_bytes if args.max_bytes is not None else fc.max_bytes,
-                    retries=args.retries if args.retries is not None else fc.retries)
-    if limits.deadline <= 0 or limits.max_bytes <= 0 or limits.retries < 0:
-        raise UserError("must be positive (retries: 0 or more)", path="--deadline/--max-bytes")
+    limits = Limits(timeout=fc.timeout, deadline=fc.deadline, max_bytes=fc.max_bytes,
+                    retries=fc.retries)
     if args.sha1 and args.sha256:
         raise UserError("give --sha1 (caffe) or --sha256 (torchvision), not both", path="--sha1")
     checksum = Checksum("sha1", args.sha1) if args.sha1 else \
