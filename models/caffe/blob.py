@@ -82,13 +82,13 @@ class Blob:
         return self._d is not None and self._d.shape == self._t.shape
 
     def clear_diff(self):
-        """Zero the diff by dropping it (a leaf's ``.grad`` too): reading it gives new zeros,
-        and a backward can take autograd's gradient as the diff instead of adding it to zeros.
-        Keep no view of the old diff across this call; read ``.diff`` again."""
-        self._d = None
-        self._host_diff = None
-        if self._t.is_leaf and self._t.grad is not None:
-            self._t.grad = None
+        """Zero the diff in place: it is one buffer, as Caffe's, so a ``.diff`` array taken
+        earlier sees the zeros (and, on the CPU, what the next backward accumulates there)."""
+        if self._d is not None:
+            with torch.no_grad():
+                self._d.zero_()
+        if self._host_diff is not None:
+            self._host_diff[...] = 0
 
     @staticmethod
     def _push(t, host):

@@ -390,6 +390,11 @@ class Net:
                       f"{name} {'needs' if self.layer_need_backward[li] else 'does not need'}"
                       " backward computation.")
         self.blob_need_backward = blob_need_backward
+        # the blobs whose diff Caffe's backward writes (bottoms it propagates to); every other
+        # diff keeps what it holds, as Caffe leaves it
+        self._backward_writes = {
+            bid for li, ids in enumerate(self.bottom_ids) if self.layer_need_backward[li]
+            for bid, need in zip(ids, self.bottom_need_backward[li]) if need}
 
     def param_specs_raw(self):
         """Per layer, the (lr_mult, decay_mult) as the prototxt says (before freezing)."""
@@ -586,7 +591,7 @@ class Net:
         def hook(grad, blob=blob):
             blob.set_diff(grad.detach())   # bf16 in fast mode: .diff shows it as float32
         self._hook_handles.append(tensor.register_hook(hook))
-        self._watched.append(blob)
+        self._watched.append(tid)
 
     def _watch_scratch(self, li, layer, bottoms, params, top):
         """Reproduce what Caffe's backward leaves in the diffs of bottoms it does not
@@ -621,13 +626,26 @@ class Net:
                                 f"{blob.shape}", path=self.source, field="backward")
             blob.diff[...] = arr
         if start is None:
-            seeds = [(tid, self._producer(tid)) for tid in self._output_ids]
+            seeds = self._seeds()
         else:
             li = self._layer_index(start, "backward start")
             seeds = [(tid, li) for tid in self.top_ids[li]]
         self.backward_from(seeds)
         names = self.inputs + list(diffs or [])
         return {n: self.blobs[n].diff for n in dict.fromkeys(names)}
+
+    def _seeds(self):
+        """Where a whole backward starts, as (blob id, producing layer): Caffe runs every layer
+        that needs backward on whatever its tops' diffs hold, so the seeds are the outputs and
+        every top no later layer writes a diff into (a Split top an Accuracy reads), where that
+        diff was ever written (else it is zeros and adds nothing)."""
+        seeds = [(tid, self._producer(tid)) for tid in self._output_ids]
+        for li, ids in enumerate(self.top_ids):
+            if self.layer_need_backward[li]:
+                seeds += [(tid, li) for tid in ids if tid not in self._backward_writes
+                          and tid not in self._output_ids and self._blobs[tid].has_diff
+                          and self._producer(tid) == li]
+        return seeds
 
     def _producer(self, tid):
         for li in range(len(self.layers) - 1, -1, -1):
@@ -636,7 +654,11 @@ class Net:
         return None
 
     def backward_from(self, seeds):
-        """Autograd from (blob id, producing layer) seeds, each with its blob's current diff."""
+        """Autograd from (blob id, producing layer) seeds, each with its blob's current diff.
+        A net where no layer needs backward has nothing to do (as in Caffe, whose Backward then
+        runs no layer and leaves every diff as it is)."""
+        if not any(self.layer_need_backward):
+            return
         if not getattr(self, "_graph_ready", False):
             raise UserError("backward needs a forward first (and one forward per backward)",
                             path=self.source, field="backward")
@@ -654,13 +676,15 @@ class Net:
                 t = blob.tensor
                 if t.requires_grad and t.is_leaf and id(t) not in seen:
                     seen.add(id(t))
-                    # parameter diffs accumulate, as in Caffe; a cleared (zero) diff is left
-                    # out so that autograd's new gradient becomes the diff without an addition
+                    # parameter diffs accumulate into the diff's own buffer, as in Caffe
+                    # (autograd adds in place); a diff never allocated is left out, and
+                    # autograd's gradient becomes the diff without an addition
                     t.grad = blob.diff_tensor if blob.has_diff else None
                     params.append((blob, t))
         self._graph_ready = False
-        for blob in self._watched:   # their new diffs replace these: do not hold both
-            blob.set_diff(None)
+        for tid in self._watched:   # diffs this backward rewrites: do not hold old and new
+            if tid in self._backward_writes:
+                self._blobs[tid].set_diff(None)
         if tensors:
             torch.autograd.backward(tensors, grads)
         for blob, t in params:
@@ -690,7 +714,7 @@ class Net:
         """One forward and backward pass (parameter diffs accumulate); returns the loss."""
         loss = self.forward_range(0, len(self.layers) - 1)
         if any(self.layer_need_backward):
-            self.backward_from([(tid, self._producer(tid)) for tid in self._output_ids])
+            self.backward_from(self._seeds())
         return loss
 
     def clear_param_diffs(self):
