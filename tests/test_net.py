@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import models.caffe as caffe
-from deepselfie.errors import UserError
+from models.caffe.errors import CaffeError
 
 
 def net_from(tmp_path, text, phase=caffe.TEST, **kw):
@@ -161,7 +161,7 @@ layer { name: "fc7" type: "InnerProduct" bottom: "fc6" top: "fc7" inner_product_
 
 def test_backward_without_forward_is_a_clear_error(tmp_path):
     net = net_from(tmp_path, BRANCHES)
-    with pytest.raises(UserError, match="needs a forward"):
+    with pytest.raises(CaffeError, match="needs a forward"):
         net.backward()
 
 
@@ -250,7 +250,7 @@ def test_fillers_follow_caffe_definitions():
     np.testing.assert_allclose(t[0, 0, 0].numpy(), [0.0625, 0.1875, 0.1875, 0.0625])
     t = fill((10, 1000), pb.FillerParameter(type="gaussian", std=1, sparse=2))  # p = 2 / 10
     assert 0.15 < (t != 0).float().mean().item() < 0.25
-    with pytest.raises(UserError, match="unknown filler"):
+    with pytest.raises(CaffeError, match="unknown filler"):
         fill((2,), pb.FillerParameter(type="nope"))
 
 

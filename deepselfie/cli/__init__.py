@@ -2,7 +2,8 @@
 
 Each stage module registers its subcommands with ``register(subparsers, common)`` and gives each a
 ``func(args, cfg) -> int | None``. Stage modules import their heavy dependencies inside ``func`` so
-that ``deepselfie --help`` stays fast. A UserError ends in one line on stderr and exit code 2.
+that ``deepselfie --help`` stays fast. A UserError (or the runtime's CaffeError) ends in one line
+on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 from deepselfie import __version__
 from deepselfie.config import load_config
 from deepselfie.console import setup_logging
-from deepselfie.errors import UserError
+from deepselfie.errors import CaffeError, UserError
 
 # The modules that register subcommands, in the order --help lists them.
 STAGE_MODULES = [
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config or "config.yaml", data_dir=args.data_dir,
                           overrides=args.overrides, required=args.config is not None)
         rc = args.func(args, cfg)
-    except UserError as e:
+    except CaffeError as e:   # the runtime's, or the application's UserError
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -10,6 +10,8 @@ This module stays light (--help imports it); the runtime comes in when a command
 """
 from __future__ import annotations
 
+from deepselfie.console import summary
+
 EFFECTS = ("stop", "snapshot", "none")
 
 
@@ -81,7 +83,7 @@ def run_train(args, cfg):
         sighup_effect=args.sighup_effect or cfg.train.sighup_effect,
         level=args.level, stages=_stages(args.stage), default_device=cfg.runtime.device,
         metrics=cfg.train.metrics, curve_interval_s=cfg.train.curve_interval_s,
-        relaunch_argv=_relaunch_argv(args))
+        relaunch_argv=_relaunch_argv(args), report=summary)
     return result if isinstance(result, int) else 0
 
 
@@ -90,7 +92,7 @@ def run_test(args, cfg):
     from models.caffe.tool import test
     test(args.model, args.weights, args.iterations, gpu=args.gpu,
          fast=cfg.runtime.fast if args.fast is None else args.fast, level=args.level,
-         stages=_stages(args.stage), default_device=cfg.runtime.device)
+         stages=_stages(args.stage), default_device=cfg.runtime.device, report=summary)
     return 0
 
 
@@ -99,7 +101,7 @@ def run_time(args, cfg):
     from models.caffe.tool import time_model
     time_model(args.model, args.iterations, gpu=args.gpu,
                fast=cfg.runtime.fast if args.fast is None else args.fast, level=args.level,
-               stages=_stages(args.stage), default_device=cfg.runtime.device)
+               stages=_stages(args.stage), default_device=cfg.runtime.device, report=summary)
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-from deepselfie.errors import UserError
+from .errors import CaffeError
 
 BACKENDS = ("torch", "caffe")
 _backend = "torch"
@@ -19,7 +19,7 @@ _backend = "torch"
 def set_backend(name: str) -> None:
     global _backend
     if name not in BACKENDS:
-        raise UserError(f"must be one of {', '.join(BACKENDS)}", path="backend", field=str(name))
+        raise CaffeError(f"must be one of {', '.join(BACKENDS)}", path="backend", field=str(name))
     if name == "caffe":
         real()                      # fail now, with a clear message, if it is not there
     _backend = name
@@ -33,7 +33,7 @@ def available() -> bool:
     try:
         real()
         return True
-    except UserError:
+    except CaffeError:
         return False
 
 
@@ -42,10 +42,10 @@ def real():
     try:
         mod = importlib.import_module("caffe")
     except ImportError as e:
-        raise UserError(f"real pycaffe is not importable ({e}); build BVLC Caffe's python "
+        raise CaffeError(f"real pycaffe is not importable ({e}); build BVLC Caffe's python "
                         "module or use the torch backend", path="backend caffe") from None
     if not hasattr(mod, "Net") or not hasattr(mod, "get_solver"):
-        raise UserError("the importable `caffe` module is not real pycaffe (PyPI's 'caffe' "
+        raise CaffeError("the importable `caffe` module is not real pycaffe (PyPI's 'caffe' "
                         "is an empty placeholder); use the torch backend",
                         path="backend caffe")
     return mod

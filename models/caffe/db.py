@@ -16,7 +16,7 @@ import threading
 import weakref
 from typing import Iterable, Iterator
 
-from deepselfie.errors import UserError
+from .errors import CaffeError
 
 from . import glog
 
@@ -39,7 +39,7 @@ class _Reader:
         self.where = where
 
     def error(self, message):
-        return UserError(message, path=self.path, field=self.where)
+        return CaffeError(message, path=self.path, field=self.where)
 
     def _check_dir(self):
         if not self.path.exists():

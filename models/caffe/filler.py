@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from deepselfie.errors import UserError
+from .errors import CaffeError
 
 from .proto import caffe_pb2
 
@@ -42,7 +42,7 @@ def fill(shape, param: caffe_pb2.FillerParameter | None, device="cpu",
         t.normal_(p.mean, p.std)
         if p.sparse >= 0:
             if len(shape) < 1 or shape[0] == 0:
-                raise UserError("sparse gaussian needs a blob with a first axis", path=where)
+                raise CaffeError("sparse gaussian needs a blob with a first axis", path=where)
             keep = min(1.0, p.sparse / shape[0])
             t *= torch.bernoulli(torch.full(shape, keep))
     elif kind == "positive_unitball":
@@ -57,7 +57,7 @@ def fill(shape, param: caffe_pb2.FillerParameter | None, device="cpu",
         t.normal_(0.0, math.sqrt(2.0 / _fan(shape, p.variance_norm)))
     elif kind == "bilinear":
         if len(shape) != 4 or shape[2] != shape[3]:
-            raise UserError(f"bilinear needs a square 4-D kernel, got {shape}", path=where)
+            raise CaffeError(f"bilinear needs a square 4-D kernel, got {shape}", path=where)
         k = shape[3]
         f = math.ceil(k / 2.0)
         c = (2 * f - 1 - f % 2) / (2.0 * f)
@@ -66,6 +66,6 @@ def fill(shape, param: caffe_pb2.FillerParameter | None, device="cpu",
         y = (idx // k) % shape[2]
         t = ((1 - (x / f - c).abs()) * (1 - (y / f - c).abs())).float().view(shape)
     else:
-        raise UserError(f"unknown filler type {kind!r} (constant, uniform, gaussian, "
+        raise CaffeError(f"unknown filler type {kind!r} (constant, uniform, gaussian, "
                         "positive_unitball, xavier, msra, bilinear)", path=where)
     return t.to(device)

@@ -10,7 +10,7 @@ import io as _io
 
 import numpy as np
 
-from deepselfie.errors import UserError
+from .errors import CaffeError
 
 from .protoio import array_to_blobproto, blobproto_to_array  # noqa: F401
 from .proto import caffe_pb2
@@ -24,9 +24,9 @@ def load_image(filename, color=True) -> np.ndarray:
             im.load()
             im = im.convert("RGB" if color else "L")
     except FileNotFoundError:
-        raise UserError("file not found", path=filename) from None
+        raise CaffeError("file not found", path=filename) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"not a readable image ({e})", path=filename) from None
+        raise CaffeError(f"not a readable image ({e})", path=filename) from None
     arr = np.asarray(im, dtype=np.float32) / 255.0
     return arr if color else arr[:, :, None]
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from deepselfie.errors import UserError
+from .errors import CaffeError
 
 from .blob import Blob
 from .filler import fill
@@ -48,7 +48,7 @@ def layer_type_list() -> list[str]:
 def create_layer(lp, phase, device, source="<net>"):
     cls = LAYERS.get(lp.type)
     if cls is None:
-        raise UserError(f"unknown layer type {lp.type!r}", path=source,
+        raise CaffeError(f"unknown layer type {lp.type!r}", path=source,
                         field=f"layer {lp.name!r}")
     return cls(lp, phase, device, source)
 
@@ -76,9 +76,9 @@ class Layer:
 
     # -- helpers for subclasses
     def error(self, message, field=None):
-        """A UserError naming the prototxt, this layer and (optionally) the field."""
+        """A CaffeError naming the prototxt, this layer and (optionally) the field."""
         where = f"layer {self.name!r} ({self.type})" + (f": {field}" if field else "")
-        return UserError(message, path=self.source, field=where)
+        return CaffeError(message, path=self.source, field=where)
 
     def add_param(self, shape, filler=None, what="blob"):
         """Append a learnable blob of ``shape`` filled by ``filler`` (a FillerParameter)."""

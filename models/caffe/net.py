@@ -21,9 +21,10 @@ import pathlib
 import numpy as np
 import torch
 
-from deepselfie.errors import UserError
+from .errors import CaffeError
 
 from . import glog, protoio, state
+from . import layers as _layers  # noqa: F401  (registers every layer type)
 from .blob import Blob
 from .layer import Layer, create_layer
 from .proto import caffe_pb2
@@ -55,7 +56,7 @@ def filter_net(net: caffe_pb2.NetParameter, source="<net>") -> caffe_pb2.NetPara
     del out.layer[:]
     for lp in net.layer:
         if len(lp.include) and len(lp.exclude):
-            raise UserError("specifies both include and exclude rules; use one",
+            raise CaffeError("specifies both include and exclude rules; use one",
                             path=source, field=f"layer {lp.name!r}")
         included = len(lp.include) == 0
         if included and any(state_meets_rule(net.state, r) for r in lp.exclude):
@@ -81,7 +82,7 @@ def insert_splits(net: caffe_pb2.NetParameter, source="<net>") -> caffe_pb2.NetP
     for i, lp in enumerate(net.layer):
         for j, name in enumerate(lp.bottom):
             if name not in last_top:
-                raise UserError(f"unknown bottom blob {name!r} (bottom index {j})",
+                raise CaffeError(f"unknown bottom blob {name!r} (bottom index {j})",
                                 path=source, field=f"layer {lp.name!r}")
             bottom_source[i, j] = last_top[name]
             consumers[last_top[name]] += 1
@@ -207,7 +208,7 @@ class Net:
             if not lp.HasField("phase"):
                 lp.phase = self.phase
             if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
-                raise UserError(f"propagate_down has {len(lp.propagate_down)} values for "
+                raise CaffeError(f"propagate_down has {len(lp.propagate_down)} values for "
                                 f"{len(lp.bottom)} bottoms", path=src, field=f"layer {lp.name!r}")
             layer = create_layer(lp, self.phase, self.device, src)
             lo, hi = layer.bottoms
@@ -225,7 +226,7 @@ class Net:
             b_ids, b_need = [], []
             for j, name in enumerate(lp.bottom):
                 if name not in available:
-                    raise UserError(f"unknown bottom blob {name!r} (bottom index {j})",
+                    raise CaffeError(f"unknown bottom blob {name!r} (bottom index {j})",
                                     path=src, field=f"layer {lp.name!r}")
                 bid = blob_index[name]
                 glog.info("net.cpp:408", f"{lp.name} <- {name}")
@@ -243,7 +244,7 @@ class Net:
                     t_ids.append(blob_index[name])
                     creates.append(False)
                 elif name in blob_index:
-                    raise UserError(f"top blob {name!r} is produced by more than one layer",
+                    raise CaffeError(f"top blob {name!r} is produced by more than one layer",
                                     path=src, field=f"layer {lp.name!r}")
                 else:
                     glog.info("net.cpp:382", f"{lp.name} -> {name}")
@@ -477,13 +478,13 @@ class Net:
         try:
             return self._layer_names.index(name)
         except ValueError:
-            raise UserError(f"no layer named {name!r}", path=self.source, field=what) from None
+            raise CaffeError(f"no layer named {name!r}", path=self.source, field=what) from None
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Set inputs from kwargs, run layers start..end, return {output: data}."""
         for name, value in kwargs.items():
             if name not in self.blobs:
-                raise UserError(f"no blob named {name!r}", path=self.source, field="forward")
+                raise CaffeError(f"no blob named {name!r}", path=self.source, field="forward")
             self.set_input(name, value)
         lo = 0 if start is None else self._layer_index(start, "forward start")
         hi = len(self.layers) - 1 if end is None else self._layer_index(end, "forward end")
@@ -497,7 +498,7 @@ class Net:
         """pycaffe's: give the net's first layer, a MemoryData layer, the arrays it serves
         (data N x C x H x W, labels N; N a multiple of its batch_size)."""
         if not self.layers or self.layers[0].type != "MemoryData":
-            raise UserError("set_input_arrays needs a MemoryData layer as the net's first layer",
+            raise CaffeError("set_input_arrays needs a MemoryData layer as the net's first layer",
                             path=self.source, field="set_input_arrays")
         self.layers[0].reset(data, labels)
 
@@ -614,15 +615,15 @@ class Net:
         """Set output diffs from kwargs and backpropagate; returns {input and ``diffs`` blob:
         diff}. Parameter diffs accumulate (clear them with ``clear_param_diffs``)."""
         if end is not None:
-            raise UserError("backward(end=...) is not supported; backward runs to the inputs",
+            raise CaffeError("backward(end=...) is not supported; backward runs to the inputs",
                             path=self.source, field="backward")
         for name, value in kwargs.items():
             if name not in self.blobs:
-                raise UserError(f"no blob named {name!r}", path=self.source, field="backward")
+                raise CaffeError(f"no blob named {name!r}", path=self.source, field="backward")
             blob = self.blobs[name]
             arr = np.asarray(value, dtype=np.float32)
             if arr.shape != blob.shape:
-                raise UserError(f"diff for {name!r} has shape {arr.shape}, blob is "
+                raise CaffeError(f"diff for {name!r} has shape {arr.shape}, blob is "
                                 f"{blob.shape}", path=self.source, field="backward")
             blob.diff[...] = arr
         if start is None:
@@ -660,7 +661,7 @@ class Net:
         if not any(self.layer_need_backward):
             return
         if not getattr(self, "_graph_ready", False):
-            raise UserError("backward needs a forward first (and one forward per backward)",
+            raise CaffeError("backward needs a forward first (and one forward per backward)",
                             path=self.source, field="backward")
         tensors, grads = [], []
         for tid, li in seeds:
@@ -730,7 +731,7 @@ class Net:
         src = protoio.read_binary(path, caffe_pb2.NetParameter)
         upgrade_net(src, str(path))
         if not len(src.layer):
-            raise UserError("holds no layers: not a .caffemodel", path=path)
+            raise CaffeError("holds no layers: not a .caffemodel", path=path)
         by_name = self.layer_dict
         copied = 0
         for slp in src.layer:
@@ -740,11 +741,11 @@ class Net:
                     glog.info("net.cpp:758", f"Ignoring source layer {slp.name}")
                 continue
             if len(slp.blobs) != len(layer.blobs):
-                raise UserError(f"layer {slp.name!r} has {len(slp.blobs)} blobs in the file "
+                raise CaffeError(f"layer {slp.name!r} has {len(slp.blobs)} blobs in the file "
                                 f"but {len(layer.blobs)} in the net", path=path)
             for i, (sb, blob) in enumerate(zip(slp.blobs, layer.blobs)):
                 if not protoio.legacy_shape_matches(blob.shape, sb):
-                    raise UserError(
+                    raise CaffeError(
                         f"cannot copy param {i} of layer {slp.name!r}: shape mismatch, "
                         f"file has {protoio.blob_shape(sb)}, net expects {blob.shape}",
                         path=path)
@@ -786,11 +787,11 @@ class Net:
             if src is None or not layer.blobs:
                 continue
             if len(src.blobs) != len(layer.blobs):
-                raise UserError(f"layer {name!r}: {len(src.blobs)} vs {len(layer.blobs)} blobs",
+                raise CaffeError(f"layer {name!r}: {len(src.blobs)} vs {len(layer.blobs)} blobs",
                                 path=self.source)
             for i, (mine, their) in enumerate(zip(layer.blobs, src.blobs)):
                 if mine.shape != their.shape:
-                    raise UserError(f"layer {name!r} param {i}: shape {their.shape} vs "
+                    raise CaffeError(f"layer {name!r} param {i}: shape {their.shape} vs "
                                     f"{mine.shape}", path=self.source)
                 layer.blobs[i] = their
 
@@ -816,9 +817,9 @@ def _real_net(real, network, *args, phase=None, weights=None, level=0, stages=No
               device=None, fast=None):
     """Build the same net with real pycaffe (the "caffe" backend)."""
     if isinstance(network, caffe_pb2.NetParameter):
-        raise UserError("the caffe backend builds nets from files only", path="<net>")
+        raise CaffeError("the caffe backend builds nets from files only", path="<net>")
     if not pathlib.Path(network).is_file():
-        raise UserError("file not found", path=network)
+        raise CaffeError("file not found", path=network)
     if len(args) == 1:
         phase = args[0]
     elif len(args) == 2:

@@ -25,7 +25,7 @@ TRAIN = caffe_pb2.TRAIN
 
 class DataTransformer:
     def __init__(self, param: caffe_pb2.TransformationParameter, phase, error):
-        """``error(message, field)`` makes the layer's UserError (it names the layer)."""
+        """``error(message, field)`` makes the layer's CaffeError (it names the layer)."""
         self.error = error
         self.scale = np.float32(param.scale)
         self.mirror = bool(param.mirror)

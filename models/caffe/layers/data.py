@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from google.protobuf import message as pb_message
 
-from deepselfie.errors import UserError
+from ..errors import CaffeError
 
 from .. import cvimage, db, glog, rng
 from ..filler import fill
@@ -48,7 +48,7 @@ def _layer_error(layer):
     source, where = layer.source, f"layer {layer.name!r} ({layer.type})"
 
     def error(message, field=None):
-        return UserError(message, path=source, field=where + (f": {field}" if field else ""))
+        return CaffeError(message, path=source, field=where + (f": {field}" if field else ""))
     error.where = where
     return error
 
@@ -98,10 +98,10 @@ class ImageFiles:
             hint = ""
             if self.root and not self.root.endswith("/"):
                 hint = " (root_folder is prefixed as is: end it with '/')"
-            raise UserError(f"image not found{hint}", path=path,
+            raise CaffeError(f"image not found{hint}", path=path,
                             field=self.error.where) from None
         except (cvimage.ImageDecodeError, OSError) as e:
-            raise UserError(f"cannot read the image ({e})", path=path,
+            raise CaffeError(f"cannot read the image ({e})", path=path,
                             field=self.error.where) from None
         if self.size:
             img = cvimage.resize(img, *self.size)
@@ -265,11 +265,11 @@ class ImageData(_PrefetchingData):
         try:
             text = pathlib.Path(source).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise UserError("list file not found (paths are relative to the working directory)",
+            raise CaffeError("list file not found (paths are relative to the working directory)",
                             path=source, field=f"layer {self.name!r} (ImageData) "
                             "image_data_param.source") from None
         except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read the list file ({e})", path=source) from None
+            raise CaffeError(f"cannot read the list file ({e})", path=source) from None
         lines = []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -278,10 +278,10 @@ class ImageData(_PrefetchingData):
             try:
                 lines.append((path, int(label)))
             except ValueError:
-                raise UserError(f"expected 'path label' with an integer label, got {line!r}",
+                raise CaffeError(f"expected 'path label' with an integer label, got {line!r}",
                                 path=f"{source}:{n}") from None
         if not lines:
-            raise UserError("the list file names no images", path=source,
+            raise CaffeError("the list file names no images", path=source,
                             field=f"layer {self.name!r} (ImageData)")
         return lines
 
