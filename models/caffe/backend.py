@@ -43,9 +43,9 @@ def real():
         mod = importlib.import_module("caffe")
     except ImportError as e:
         raise CaffeError(f"real pycaffe is not importable ({e}); build BVLC Caffe's python "
-                        "module or use the torch backend", path="backend caffe") from None
+                         "module or use the torch backend", path="backend caffe") from None
     if not hasattr(mod, "Net") or not hasattr(mod, "get_solver"):
         raise CaffeError("the importable `caffe` module is not real pycaffe (PyPI's 'caffe' "
-                        "is an empty placeholder); use the torch backend",
-                        path="backend caffe")
+                         "is an empty placeholder); use the torch backend",
+                         path="backend caffe")
     return mod

@@ -67,5 +67,5 @@ def fill(shape, param: caffe_pb2.FillerParameter | None, device="cpu",
         t = ((1 - (x / f - c).abs()) * (1 - (y / f - c).abs())).float().view(shape)
     else:
         raise CaffeError(f"unknown filler type {kind!r} (constant, uniform, gaussian, "
-                        "positive_unitball, xavier, msra, bilinear)", path=where)
+                         "positive_unitball, xavier, msra, bilinear)", path=where)
     return t.to(device)

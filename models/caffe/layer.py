@@ -49,7 +49,7 @@ def create_layer(lp, phase, device, source="<net>"):
     cls = LAYERS.get(lp.type)
     if cls is None:
         raise CaffeError(f"unknown layer type {lp.type!r}", path=source,
-                        field=f"layer {lp.name!r}")
+                         field=f"layer {lp.name!r}")
     return cls(lp, phase, device, source)
 
 

@@ -31,7 +31,7 @@ def check(param, source="<solver>") -> None:
     policy = param.lr_policy
     if policy not in POLICIES:
         raise CaffeError(f"unknown learning rate policy {policy!r} (known: {', '.join(POLICIES)})",
-                        path=source, field="lr_policy")
+                         path=source, field="lr_policy")
     if policy in ("step", "sigmoid") and param.stepsize <= 0:
         raise CaffeError(f"lr_policy {policy!r} needs stepsize > 0", path=source, field="stepsize")
     if policy in ("step", "exp", "inv", "multistep", "sigmoid") and param.gamma < 0:

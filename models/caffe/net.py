@@ -57,7 +57,7 @@ def filter_net(net: caffe_pb2.NetParameter, source="<net>") -> caffe_pb2.NetPara
     for lp in net.layer:
         if len(lp.include) and len(lp.exclude):
             raise CaffeError("specifies both include and exclude rules; use one",
-                            path=source, field=f"layer {lp.name!r}")
+                             path=source, field=f"layer {lp.name!r}")
         included = len(lp.include) == 0
         if included and any(state_meets_rule(net.state, r) for r in lp.exclude):
             included = False
@@ -83,7 +83,7 @@ def insert_splits(net: caffe_pb2.NetParameter, source="<net>") -> caffe_pb2.NetP
         for j, name in enumerate(lp.bottom):
             if name not in last_top:
                 raise CaffeError(f"unknown bottom blob {name!r} (bottom index {j})",
-                                path=source, field=f"layer {lp.name!r}")
+                                 path=source, field=f"layer {lp.name!r}")
             bottom_source[i, j] = last_top[name]
             consumers[last_top[name]] += 1
         for j, name in enumerate(lp.top):
@@ -209,7 +209,7 @@ class Net:
                 lp.phase = self.phase
             if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
                 raise CaffeError(f"propagate_down has {len(lp.propagate_down)} values for "
-                                f"{len(lp.bottom)} bottoms", path=src, field=f"layer {lp.name!r}")
+                                 f"{len(lp.bottom)} bottoms", path=src, field=f"layer {lp.name!r}")
             layer = create_layer(lp, self.phase, self.device, src)
             lo, hi = layer.bottoms
             if len(lp.bottom) < lo or (hi is not None and len(lp.bottom) > hi):
@@ -227,7 +227,7 @@ class Net:
             for j, name in enumerate(lp.bottom):
                 if name not in available:
                     raise CaffeError(f"unknown bottom blob {name!r} (bottom index {j})",
-                                    path=src, field=f"layer {lp.name!r}")
+                                     path=src, field=f"layer {lp.name!r}")
                 bid = blob_index[name]
                 glog.info("net.cpp:408", f"{lp.name} <- {name}")
                 b_ids.append(bid)
@@ -245,7 +245,7 @@ class Net:
                     creates.append(False)
                 elif name in blob_index:
                     raise CaffeError(f"top blob {name!r} is produced by more than one layer",
-                                    path=src, field=f"layer {lp.name!r}")
+                                     path=src, field=f"layer {lp.name!r}")
                 else:
                     glog.info("net.cpp:382", f"{lp.name} -> {name}")
                     blob_index[name] = len(self._blobs)
@@ -499,7 +499,7 @@ class Net:
         (data N x C x H x W, labels N; N a multiple of its batch_size)."""
         if not self.layers or self.layers[0].type != "MemoryData":
             raise CaffeError("set_input_arrays needs a MemoryData layer as the net's first layer",
-                            path=self.source, field="set_input_arrays")
+                             path=self.source, field="set_input_arrays")
         self.layers[0].reset(data, labels)
 
     def set_input(self, name, value):
@@ -616,7 +616,7 @@ class Net:
         diff}. Parameter diffs accumulate (clear them with ``clear_param_diffs``)."""
         if end is not None:
             raise CaffeError("backward(end=...) is not supported; backward runs to the inputs",
-                            path=self.source, field="backward")
+                             path=self.source, field="backward")
         for name, value in kwargs.items():
             if name not in self.blobs:
                 raise CaffeError(f"no blob named {name!r}", path=self.source, field="backward")
@@ -624,7 +624,7 @@ class Net:
             arr = np.asarray(value, dtype=np.float32)
             if arr.shape != blob.shape:
                 raise CaffeError(f"diff for {name!r} has shape {arr.shape}, blob is "
-                                f"{blob.shape}", path=self.source, field="backward")
+                                 f"{blob.shape}", path=self.source, field="backward")
             blob.diff[...] = arr
         if start is None:
             seeds = self._seeds()
@@ -662,7 +662,7 @@ class Net:
             return
         if not getattr(self, "_graph_ready", False):
             raise CaffeError("backward needs a forward first (and one forward per backward)",
-                            path=self.source, field="backward")
+                             path=self.source, field="backward")
         tensors, grads = [], []
         for tid, li in seeds:
             if li is None or not self.layer_need_backward[li]:
@@ -742,7 +742,7 @@ class Net:
                 continue
             if len(slp.blobs) != len(layer.blobs):
                 raise CaffeError(f"layer {slp.name!r} has {len(slp.blobs)} blobs in the file "
-                                f"but {len(layer.blobs)} in the net", path=path)
+                                 f"but {len(layer.blobs)} in the net", path=path)
             for i, (sb, blob) in enumerate(zip(slp.blobs, layer.blobs)):
                 if not protoio.legacy_shape_matches(blob.shape, sb):
                     raise CaffeError(
@@ -788,11 +788,11 @@ class Net:
                 continue
             if len(src.blobs) != len(layer.blobs):
                 raise CaffeError(f"layer {name!r}: {len(src.blobs)} vs {len(layer.blobs)} blobs",
-                                path=self.source)
+                                 path=self.source)
             for i, (mine, their) in enumerate(zip(layer.blobs, src.blobs)):
                 if mine.shape != their.shape:
                     raise CaffeError(f"layer {name!r} param {i}: shape {their.shape} vs "
-                                    f"{mine.shape}", path=self.source)
+                                     f"{mine.shape}", path=self.source)
                 layer.blobs[i] = their
 
     def forward_all(self, blobs=None, **kwargs):

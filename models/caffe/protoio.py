@@ -51,7 +51,7 @@ def read_prototxt(path, message_type=caffe_pb2.NetParameter):
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise CaffeError("not a text prototxt (binary content; is it a .caffemodel?)",
-                        path=path) from None
+                         path=path) from None
     return parse_text(text, message_type(), source=str(path))
 
 
@@ -69,7 +69,7 @@ def read_binary(path, message_type):
         if data[:200].lstrip().startswith((b"name", b"layer", b"input", b"#", b"net")):
             hint = " (it looks like a text prototxt)"
         raise CaffeError(f"not a binary {what}: truncated or foreign file{hint} ({e})",
-                        path=path) from None
+                         path=path) from None
     return msg
 
 

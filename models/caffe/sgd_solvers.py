@@ -116,8 +116,8 @@ class SGDSolver(Solver):
         st = read_solverstate(state_file)
         if len(st.history) != len(self.history):
             raise CaffeError(f"holds {len(st.history)} history blobs; a {self.type} solver on "
-                            f"this net needs {len(self.history)} (another solver type or net?)",
-                            path=state_file)
+                             f"this net needs {len(self.history)} (another solver type or net?)",
+                             path=state_file)
         arrays = []
         for k, (blob, h) in enumerate(zip(st.history, self.history)):
             try:
@@ -126,7 +126,7 @@ class SGDSolver(Solver):
                 raise CaffeError(f"history blob {k}: {e}", path=state_file) from None
             if arr.size != h.numel():
                 raise CaffeError(f"history blob {k} has shape {arr.shape}; the net's parameter "
-                                f"has {tuple(h.shape)}", path=state_file)
+                                 f"has {tuple(h.shape)}", path=state_file)
             arrays.append(arr)
         self.iter = st.iter
         if st.HasField("learned_net") and st.learned_net:
@@ -159,7 +159,7 @@ class AdaGradSolver(SGDSolver):
     def check_update_rule(self):
         if self.param.momentum != 0:
             raise CaffeError("momentum cannot be used with AdaGrad", path=self.source,
-                            field="momentum")
+                             field="momentum")
 
     def compute_update_value(self, i, rate):
         diff, h = self._params[i].blob.diff_tensor, self.history[i]
@@ -176,7 +176,7 @@ class RMSPropSolver(SGDSolver):
     def check_update_rule(self):
         if self.param.momentum != 0:
             raise CaffeError("momentum cannot be used with RMSProp", path=self.source,
-                            field="momentum")
+                             field="momentum")
         if not 0 <= self.param.rms_decay < 1:
             raise CaffeError("rms_decay must lie in [0, 1)", path=self.source, field="rms_decay")
 
@@ -238,7 +238,7 @@ def solver_class(param, source="<solver>"):
     cls = SOLVERS.get(param.type)
     if cls is None:
         raise CaffeError(f"unknown solver type {param.type!r} (known: {', '.join(SOLVERS)})",
-                        path=source, field="type")
+                         path=source, field="type")
     return cls
 
 
@@ -274,4 +274,4 @@ def learned_net_path(learned_net: str, state_file) -> str:
     if beside.exists():
         return str(beside)
     raise CaffeError(f"its weights file {learned_net!r} (learned_net) is missing, here and "
-                    "beside it", path=state_file)
+                     "beside it", path=state_file)

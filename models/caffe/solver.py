@@ -115,10 +115,10 @@ class Solver:
             raise CaffeError("iter_size must be at least 1", path=src, field="iter_size")
         if p.regularization_type not in ("L1", "L2"):
             raise CaffeError(f"unknown regularization type {p.regularization_type!r} (L1 or L2)",
-                            path=src, field="regularization_type")
+                             path=src, field="regularization_type")
         if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             raise CaffeError("HDF5 snapshots are not supported; use snapshot_format: BINARYPROTO",
-                            path=src, field="snapshot_format")
+                             path=src, field="snapshot_format")
         if p.snapshot < 0 or p.display < 0 or p.test_interval < 0:
             raise CaffeError("snapshot, display and test_interval cannot be negative", path=src)
         lr_policy.check(p, src)
@@ -147,7 +147,7 @@ class Solver:
             raise CaffeError("no train net: set one of " + ", ".join(fields), path=self.source)
         if len(given) > 1:
             raise CaffeError("more than one train net: use only one of " + ", ".join(given),
-                            path=self.source)
+                             path=self.source)
         which = given[0]
         if which.endswith("_param"):
             glog.info("solver.cpp:92", f"Creating training net specified in {which}.")
@@ -171,15 +171,15 @@ class Solver:
         n_specific = len(p.test_net_param) + len(p.test_net)
         if generic and len(p.test_iter) < n_specific:
             raise CaffeError("test_iter must be given for each test net", path=src,
-                            field="test_iter")
+                             field="test_iter")
         if not generic and len(p.test_iter) != n_specific:
             raise CaffeError(f"{n_specific} test nets but {len(p.test_iter)} test_iter values",
-                            path=src, field="test_iter")
+                             path=src, field="test_iter")
         n_generic = len(p.test_iter) - n_specific
         total = n_specific + n_generic
         if len(p.test_state) and len(p.test_state) != total:
             raise CaffeError(f"test_state must be given once per test net ({total})", path=src,
-                            field="test_state")
+                             field="test_state")
         if total and p.test_interval <= 0:
             raise CaffeError("test nets need test_interval > 0", path=src, field="test_interval")
         sources = [(net_param, "test_net_param") for net_param in p.test_net_param]
@@ -205,7 +205,7 @@ class Solver:
             return
         if not p.snapshot_prefix:
             raise CaffeError("snapshot is set but snapshot_prefix is not", path=self.source,
-                            field="snapshot_prefix")
+                             field="snapshot_prefix")
         probe = pathlib.Path(self.snapshot_filename(".tempfile"))
         try:
             probe.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,7 @@ class Solver:
             probe.unlink()
         except OSError as e:
             raise CaffeError(f"cannot write snapshots there ({e.strerror})", path=self.source,
-                            field=f"snapshot_prefix {p.snapshot_prefix!r}") from None
+                             field=f"snapshot_prefix {p.snapshot_prefix!r}") from None
 
     def pre_solve(self):
         """Subclasses create their history blobs."""
@@ -457,7 +457,7 @@ class Solver:
         """Continue from a .solverstate: its iteration, weights (its learned_net) and history."""
         if str(state_file).endswith(".h5"):
             raise CaffeError("HDF5 solver states are not supported (only .solverstate)",
-                            path=state_file)
+                             path=state_file)
         self.restore_solver_state(state_file)
 
     def restore_solver_state(self, state_file):

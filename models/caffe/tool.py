@@ -38,10 +38,10 @@ def parse_gpus(spec) -> list[int]:
         gpus = [int(x) for x in str(spec).split(",")]
     except ValueError:
         raise CaffeError(f"must be GPU ids like 0 or 0,1, or all; not {spec!r}",
-                        field="--gpu") from None
+                         field="--gpu") from None
     if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
         raise CaffeError(f"GPU ids must be distinct and non-negative, not {spec!r}",
-                        field="--gpu")
+                         field="--gpu")
     return gpus
 
 
@@ -60,7 +60,7 @@ def pick_device(gpus: list[int], default_device: str = "auto"):
         index = gpus[parallel.local_rank() % len(gpus)] if parallel.launched() else gpus[0]
         if index >= torch.cuda.device_count():
             raise CaffeError(f"GPU {index} does not exist ({torch.cuda.device_count()} visible)",
-                            field="--gpu")
+                             field="--gpu")
         return torch.device("cuda", index)
     dev = state.resolve_device(default_device)
     if dev.type == "cuda" and parallel.launched():
@@ -94,7 +94,7 @@ def train(solver_path, *, weights=None, snapshot=None, gpu=None, backend="torch"
     check_effect(sighup_effect, "--sighup_effect")
     if snapshot and weights:
         raise CaffeError("give --snapshot to resume training or --weights to fine-tune, not both",
-                        field="--snapshot/--weights")
+                         field="--snapshot/--weights")
     gpus = parse_gpus(gpu)
     if backend == "caffe":
         return _train_with_pycaffe(solver_path, weights, snapshot, gpus, _reporter(report))
@@ -191,7 +191,7 @@ def _train_with_pycaffe(solver_path, weights, snapshot, gpus, report):
             raise ImportError
     except ImportError:
         raise CaffeError("real pycaffe is not importable here; use --backend torch",
-                        field="--backend") from None
+                         field="--backend") from None
     if not pathlib.Path(solver_path).exists():
         raise CaffeError("file not found", path=solver_path)
     if gpus:

@@ -51,7 +51,7 @@ def upgrade_net(net: caffe_pb2.NetParameter, source="<net>") -> caffe_pb2.NetPar
     if len(net.layers):
         if len(net.layer):
             raise CaffeError("has both `layer` (V2) and `layers` (V1) fields; use one format",
-                            path=source)
+                             path=source)
         _upgrade_v1_transform(net)
         _upgrade_v1_layers(net, source)
     if len(net.input):
@@ -82,7 +82,7 @@ def _upgrade_v1_layers(net, source):
     for i, v1 in enumerate(v1_layers):
         if v1.HasField("layer"):
             raise CaffeError(f"layer {i} uses the pre-V1 (V0) format, which is not supported; "
-                            "upgrade it with Caffe's upgrade_net_proto_text", path=source)
+                             "upgrade it with Caffe's upgrade_net_proto_text", path=source)
         lp = net.layer.add()
         lp.bottom.extend(v1.bottom)
         lp.top.extend(v1.top)
@@ -121,10 +121,10 @@ def _upgrade_input(net, source):
     if has_shape or has_dim:
         if has_shape and len(net.input_shape) != len(net.input):
             raise CaffeError(f"{len(net.input)} inputs but {len(net.input_shape)} input_shape",
-                            path=source, field="input_shape")
+                             path=source, field="input_shape")
         if not has_shape and len(net.input_dim) != 4 * len(net.input):
             raise CaffeError(f"{len(net.input)} inputs need {4 * len(net.input)} input_dim "
-                            f"values, found {len(net.input_dim)}", path=source, field="input_dim")
+                             f"values, found {len(net.input_dim)}", path=source, field="input_dim")
         layers = list(net.layer)
         net.ClearField("layer")
         lp = net.layer.add(name="input", type="Input")
@@ -151,7 +151,7 @@ def upgrade_solver(sp: caffe_pb2.SolverParameter, source="<solver>"):
     if sp.HasField("solver_type"):
         if sp.HasField("type"):
             raise CaffeError("sets both solver_type (old enum) and type; keep only type",
-                            path=source, field="solver_type")
+                             path=source, field="solver_type")
         sp.type = SOLVER_TYPE_NAMES[sp.solver_type]
         sp.ClearField("solver_type")
     return sp

@@ -99,10 +99,10 @@ class ImageFiles:
             if self.root and not self.root.endswith("/"):
                 hint = " (root_folder is prefixed as is: end it with '/')"
             raise CaffeError(f"image not found{hint}", path=path,
-                            field=self.error.where) from None
+                             field=self.error.where) from None
         except (cvimage.ImageDecodeError, OSError) as e:
             raise CaffeError(f"cannot read the image ({e})", path=path,
-                            field=self.error.where) from None
+                             field=self.error.where) from None
         if self.size:
             img = cvimage.resize(img, *self.size)
         return img.transpose(2, 0, 1), line[1]
@@ -266,8 +266,8 @@ class ImageData(_PrefetchingData):
             text = pathlib.Path(source).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise CaffeError("list file not found (paths are relative to the working directory)",
-                            path=source, field=f"layer {self.name!r} (ImageData) "
-                            "image_data_param.source") from None
+                             path=source, field=f"layer {self.name!r} (ImageData) "
+                             "image_data_param.source") from None
         except (OSError, UnicodeDecodeError) as e:
             raise CaffeError(f"cannot read the list file ({e})", path=source) from None
         lines = []
@@ -279,10 +279,10 @@ class ImageData(_PrefetchingData):
                 lines.append((path, int(label)))
             except ValueError:
                 raise CaffeError(f"expected 'path label' with an integer label, got {line!r}",
-                                path=f"{source}:{n}") from None
+                                 path=f"{source}:{n}") from None
         if not lines:
             raise CaffeError("the list file names no images", path=source,
-                            field=f"layer {self.name!r} (ImageData)")
+                             field=f"layer {self.name!r} (ImageData)")
         return lines
 
     @staticmethod
