@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import models.caffe as caffe
+from models.caffe import datum, protoio
 from models.caffe.errors import CaffeError
-from models.caffe import protoio
 from models.caffe.proto import build, caffe_pb2
 from models.caffe.upgrade import upgrade_net, upgrade_solver
 
@@ -212,6 +212,27 @@ def test_mean_binaryproto_reads_as_array(tmp_path, golden):
     mean = protoio.read_blobproto(golden / "data" / "raw_meanfile_crop" / "mean.binaryproto")
     expected = np.load(golden / "data" / "raw_meanfile_crop" / "expected.npz")["mean"]
     np.testing.assert_allclose(mean.reshape(expected.shape), expected, atol=1e-4)
+
+
+def test_mean_image_round_trip_as_compute_image_mean_writes_it(tmp_path, golden):
+    case = golden / "data" / "raw_meanfile_crop"
+    mean = protoio.read_mean_image(case / "mean.binaryproto")
+    assert mean.ndim == 3 and mean.dtype == np.float32
+    assert protoio.mean_image_bytes(mean) == (case / "mean.binaryproto").read_bytes()
+    flat = tmp_path / "flat.binaryproto"
+    protoio.write_binary(flat, protoio.array_to_blobproto(np.zeros((2, 6), np.float32)))
+    with pytest.raises(CaffeError, match=r"flat.binaryproto: holds a \(2, 6\) blob"):
+        protoio.read_mean_image(flat)
+
+
+def test_datum_codec_raw_encoded_and_corrupt():
+    raw = datum.decode_datum(datum.encode_datum(bytes(range(24)), 3, shape=(2, 3, 4)))
+    assert (raw.channels, raw.height, raw.width, raw.label, raw.encoded) == (2, 3, 4, 3, False)
+    assert raw.HasField("encoded") and raw.data == bytes(range(24))
+    enc = datum.decode_datum(datum.encode_datum(b"\xff\xd8jpeg", 1, encoded=True))
+    assert enc.encoded and not enc.HasField("channels") and enc.data == b"\xff\xd8jpeg"
+    with pytest.raises(ValueError, match="not a Datum"):
+        datum.decode_datum(b"\x0a\xff\xff\xff")
 
 
 def test_solver_type_upgrade():

@@ -1,5 +1,5 @@
 """Reading and writing Caffe's files: prototxt (text), .caffemodel / .solverstate (binary
-NetParameter / SolverState), .binaryproto (BlobProto).
+NetParameter / SolverState), .binaryproto (BlobProto, e.g. a mean image).
 
 Every failure a user can cause becomes one CaffeError line: a bad prototxt names
 file:line:column and the problem; a truncated or foreign binary file says so.
@@ -15,7 +15,6 @@ from google.protobuf import text_format
 
 from .atomic import atomic_write
 from .errors import CaffeError
-
 from .proto import caffe_pb2
 
 
@@ -161,6 +160,27 @@ def read_blobproto(path) -> np.ndarray:
         return blobproto_to_array(blob)
     except ValueError as e:
         raise CaffeError(str(e), path=path) from None
+
+
+def read_mean_image(path, error=None) -> np.ndarray:
+    """A mean image .binaryproto (compute_image_mean's 1 x C x H x W, or C x H x W) as float32
+    C x H x W; ``error(message)`` makes the error for another shape (default: a CaffeError)."""
+    mean = read_blobproto(path)
+    if mean.ndim == 4 and mean.shape[0] == 1:
+        mean = mean[0]
+    if mean.ndim != 3:
+        message = f"holds a {mean.shape} blob; a mean image is 1 x C x H x W"
+        raise error(message) if error else CaffeError(message, path=path)
+    return np.ascontiguousarray(mean, dtype=np.float32)
+
+
+def mean_image_bytes(mean) -> bytes:
+    """A C x H x W mean as compute_image_mean writes it: a BlobProto with num 1, channels,
+    height, width and the float data."""
+    mean = np.asarray(mean, dtype=np.float32)
+    if mean.ndim != 3:
+        raise ValueError(f"a mean image is C x H x W, not {mean.shape}")
+    return array_to_blobproto(mean, legacy=True).SerializeToString()
 
 
 # ---------------------------------------------------------------- fast encoding of big weights

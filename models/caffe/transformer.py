@@ -42,13 +42,8 @@ class DataTransformer:
                 raise error("cannot specify mean_file and mean_value at the same time",
                             "transform_param")
             glog.info("data_transformer.cpp:25", f"Loading mean file from: {param.mean_file}")
-            mean = protoio.read_blobproto(param.mean_file)
-            if mean.ndim == 4 and mean.shape[0] == 1:
-                mean = mean[0]
-            if mean.ndim != 3:
-                raise error(f"mean_file {param.mean_file} holds a {mean.shape} blob; a mean "
-                            "image is 1 x C x H x W", "transform_param.mean_file")
-            self.mean = np.ascontiguousarray(mean, dtype=np.float32)
+            self.mean = protoio.read_mean_image(param.mean_file, lambda message: error(
+                f"mean_file {param.mean_file} {message}", "transform_param.mean_file"))
             self.mean_file = param.mean_file
         elif len(param.mean_value):
             self.mean_values = np.asarray(param.mean_value, dtype=np.float32)

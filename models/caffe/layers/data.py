@@ -20,11 +20,10 @@ import weakref
 
 import numpy as np
 import torch
-from google.protobuf import message as pb_message
-
-from ..errors import CaffeError
 
 from .. import cvimage, db, glog, rng
+from ..datum import decode_datum
+from ..errors import CaffeError
 from ..filler import fill
 from ..layer import Layer, register
 from ..prefetch import DecodePool, Prefetcher, decode_workers
@@ -64,11 +63,10 @@ class DatumRecords:
 
     def load(self, record):
         """-> (C x H x W image, label)"""
-        datum = caffe_pb2.Datum()
         try:
-            datum.ParseFromString(record[1])
-        except (pb_message.DecodeError, RuntimeError) as e:
-            raise self.error(f"{self.describe(record)}: not a Datum ({e})") from None
+            datum = decode_datum(record[1])
+        except ValueError as e:
+            raise self.error(f"{self.describe(record)}: {e}") from None
         try:
             img = self.transformer.datum_image(datum)
         except cvimage.ImageDecodeError as e:
