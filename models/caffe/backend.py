@@ -9,6 +9,7 @@ project's engine. Real pycaffe is the top-level ``caffe`` module, where it is im
 from __future__ import annotations
 
 import importlib
+import pathlib
 
 from .errors import CaffeError
 
@@ -49,3 +50,22 @@ def real():
                          "is an empty placeholder); use the torch backend",
                          path="backend caffe")
     return mod
+
+
+def real_net(network, *args, phase=None, weights=None, level=0, stages=None, device=None,
+             fast=None):
+    """The same net built by real pycaffe (``Net``'s arguments; ``device`` and ``fast`` are
+    this runtime's and do not apply). Real pycaffe reads nets from files only."""
+    from .pycaffe_args import net_arguments
+    from .proto import caffe_pb2
+    phase, weights = net_arguments(args, phase, weights)
+    if isinstance(network, caffe_pb2.NetParameter):
+        raise CaffeError("the caffe backend builds nets from files only", path="<net>")
+    if not pathlib.Path(network).is_file():
+        raise CaffeError("file not found", path=network)
+    kw = {"level": level}
+    if stages is not None:
+        kw["stages"] = list(stages)
+    if weights is not None:
+        kw["weights"] = str(weights)
+    return real().Net(str(network), phase, **kw)

@@ -10,7 +10,6 @@ import math
 import torch
 
 from .errors import CaffeError
-
 from .proto import caffe_pb2
 
 FP = caffe_pb2.FillerParameter

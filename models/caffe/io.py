@@ -11,9 +11,8 @@ import io as _io
 import numpy as np
 
 from .errors import CaffeError
-
-from .protoio import array_to_blobproto, blobproto_to_array  # noqa: F401
 from .proto import caffe_pb2
+from .protoio import array_to_blobproto, blobproto_to_array  # noqa: F401
 
 
 def load_image(filename, color=True) -> np.ndarray:

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import CaffeError
-
 from .blob import Blob
+from .errors import CaffeError
 from .filler import fill
 
 LAYERS: dict[str, type] = {}

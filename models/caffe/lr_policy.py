@@ -17,9 +17,8 @@ import math
 
 import numpy as np
 
-from .errors import CaffeError
-
 from . import glog
+from .errors import CaffeError
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 

@@ -1,145 +1,39 @@
 """Net: a Caffe network built from a prototxt and run with Caffe's semantics on torch.
 
-Construction follows Caffe's Net::Init step by step: upgrade old formats, filter layers by the
-NetState (phase, level, stages), insert Split layers for blobs with several consumers (with
-Caffe's names, e.g. ``x_pre_0_split_1``), create each layer, wire in-place tops, decide which
-layers and bottoms need backward (loss reachability, ``propagate_down``, ``force_backward``), and
-share parameters by ParamSpec name.
+Construction follows Caffe's Net::Init: the NetParameter is upgraded, filtered by the NetState
+and given its Split layers (net_param.py); then each layer is created, its bottoms and tops
+wired (in-place tops included), set up (parameters, top shapes, loss weights), and the net
+decides which layers and bottoms need backward (loss reachability, ``propagate_down``,
+``force_backward``) and shares parameters by ParamSpec name. pycaffe's call forms are read in
+pycaffe_args.py; with the "caffe" backend, ``Net(...)`` is real pycaffe's (backend.py).
 
 Forward runs each layer's torch code; backward is torch autograd seeded with the diffs Caffe would
-use (the output blobs' diffs: loss weights on losses, whatever the user wrote elsewhere). Each
-blob's diff after backward is the gradient with respect to the value its producing layer wrote,
-which is what Caffe leaves there (in-place chains included); parameter diffs accumulate until
-cleared, as in Caffe.
+use (the outputs' diffs: loss weights on losses, whatever the user wrote elsewhere; and the diffs
+of tops no later layer writes). Each blob's diff after backward is the gradient with respect to
+the value its producing layer wrote, which is what Caffe leaves there (in-place chains included);
+a diff that Caffe's backward does not write keeps its value; parameter diffs accumulate in their
+buffers until cleared, as in Caffe.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
-import pathlib
 
 import numpy as np
 import torch
 
-from .errors import CaffeError
-
-from . import glog, protoio, state
+from . import backend, glog, protoio, state
 from . import layers as _layers  # noqa: F401  (registers every layer type)
 from .blob import Blob
+from .errors import CaffeError
 from .layer import Layer, create_layer
+from .net_param import filter_net, insert_splits, load_net_param
 from .proto import caffe_pb2
+from .pycaffe_args import net_arguments
 from .upgrade import upgrade_net
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
-
-# ---------------------------------------------------------------- net-level transforms
-
-def state_meets_rule(st: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule) -> bool:
-    if rule.HasField("phase") and rule.phase != st.phase:
-        return False
-    if rule.HasField("min_level") and st.level < rule.min_level:
-        return False
-    if rule.HasField("max_level") and st.level > rule.max_level:
-        return False
-    if any(s not in st.stage for s in rule.stage):
-        return False
-    if any(s in st.stage for s in rule.not_stage):
-        return False
-    return True
-
-
-def filter_net(net: caffe_pb2.NetParameter, source="<net>") -> caffe_pb2.NetParameter:
-    """The layers that the net's state includes (Caffe's FilterNet)."""
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net)
-    del out.layer[:]
-    for lp in net.layer:
-        if len(lp.include) and len(lp.exclude):
-            raise CaffeError("specifies both include and exclude rules; use one",
-                             path=source, field=f"layer {lp.name!r}")
-        included = len(lp.include) == 0
-        if included and any(state_meets_rule(net.state, r) for r in lp.exclude):
-            included = False
-        if not included and any(state_meets_rule(net.state, r) for r in lp.include):
-            included = True
-        if included:
-            out.layer.add().CopyFrom(lp)
-        elif glog.enabled():
-            for r in lp.include:
-                if r.HasField("phase") and r.phase != net.state.phase:
-                    glog.info("net.cpp:296", f"The NetState phase ({net.state.phase}) differed "
-                              f"from the phase ({r.phase}) specified by a rule in layer {lp.name}")
-    return out
-
-
-def insert_splits(net: caffe_pb2.NetParameter, source="<net>") -> caffe_pb2.NetParameter:
-    """Give every consumer of a multiply-consumed top its own copy (Caffe's InsertSplits)."""
-    last_top = {}                        # blob name -> (layer index, top index)
-    bottom_source = {}                   # (layer, bottom) -> (layer, top)
-    consumers = collections.Counter()    # (layer, top) -> number of consumers
-    loss_weight = {}
-    for i, lp in enumerate(net.layer):
-        for j, name in enumerate(lp.bottom):
-            if name not in last_top:
-                raise CaffeError(f"unknown bottom blob {name!r} (bottom index {j})",
-                                 path=source, field=f"layer {lp.name!r}")
-            bottom_source[i, j] = last_top[name]
-            consumers[last_top[name]] += 1
-        for j, name in enumerate(lp.top):
-            last_top[name] = (i, j)
-        for j in range(min(len(lp.loss_weight), len(lp.top))):
-            src = last_top[lp.top[j]]
-            loss_weight[src] = lp.loss_weight[j]
-            if lp.loss_weight[j]:
-                consumers[src] += 1
-
-    def split_blob(layer_name, blob, j, k):
-        return f"{blob}_{layer_name}_{j}_split_{k}"
-
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net)
-    del out.layer[:]
-    next_split = collections.Counter()
-    for i, lp in enumerate(net.layer):
-        new = out.layer.add()
-        new.CopyFrom(lp)
-        for j in range(len(new.bottom)):
-            src = bottom_source[i, j]
-            if consumers[src] > 1:
-                owner = net.layer[src[0]].name
-                new.bottom[j] = split_blob(owner, new.bottom[j], src[1], next_split[src])
-                next_split[src] += 1
-        for j, name in enumerate(lp.top):
-            n = consumers[i, j]
-            if n > 1:
-                w = loss_weight.get((i, j), 0.0)
-                split = out.layer.add(name=f"{name}_{lp.name}_{j}_split", type="Split")
-                split.bottom.append(name)
-                for k in range(n):
-                    split.top.append(split_blob(lp.name, name, j, k))
-                    if w:
-                        split.loss_weight.append(w if k == 0 else 0.0)
-                if w:
-                    new.ClearField("loss_weight")
-                    next_split[i, j] += 1
-    return out
-
-
-def load_net_param(network, source=None) -> tuple[caffe_pb2.NetParameter, str]:
-    """A prototxt path (or a NetParameter / prototxt text) -> (upgraded NetParameter, source)."""
-    if isinstance(network, caffe_pb2.NetParameter):
-        param = caffe_pb2.NetParameter()
-        param.CopyFrom(network)
-        source = source or f"<net {param.name or 'unnamed'}>"
-    else:
-        path = pathlib.Path(network)
-        param = protoio.read_prototxt(path, caffe_pb2.NetParameter)
-        source = str(path)
-    return upgrade_net(param, source), source
-
-
-# ---------------------------------------------------------------- the net
 
 class Net:
     """A Caffe net. ``Net(prototxt, phase)``, ``Net(prototxt, weights, phase)`` or
@@ -147,21 +41,13 @@ class Net:
     ``fast`` pick the device and fast mode (default: the global mode)."""
 
     def __new__(cls, network=None, *args, **kwargs):
-        from . import backend
-        if backend.backend() == "caffe" and cls is Net:
-            return _real_net(backend.real(), network, *args, **kwargs)
+        if cls is Net and backend.backend() == "caffe":
+            return backend.real_net(network, *args, **kwargs)
         return super().__new__(cls)
 
     def __init__(self, network, *args, phase=None, weights=None, level=0, stages=None,
                  device=None, fast=None):
-        if len(args) == 1:
-            phase = args[0]
-        elif len(args) == 2:
-            weights, phase = args
-        elif len(args) > 2:
-            raise TypeError("Net(network, [weights,] phase)")
-        if phase not in (TRAIN, TEST):
-            raise TypeError("Net needs a phase: caffe.TRAIN or caffe.TEST")
+        phase, weights = net_arguments(args, phase, weights)
         self.device = torch.device(device) if device is not None else state.device()
         self.fast = state.fast() if fast is None else bool(fast)
         if self.device.type == "cuda":
@@ -180,20 +66,17 @@ class Net:
 
     # ------------------------------------------------------------ construction
     def _build(self, param):
-        src = self.source
-        filtered = filter_net(param, src)
-        net = insert_splits(filtered, src)
+        """Caffe's Net::Init: prepare the NetParameter, then for each layer create it, wire its
+        bottoms and tops, set it up (parameters, top shapes, loss weights) and note what needs
+        backward; then decide backward for the whole net."""
+        net = insert_splits(filter_net(param, self.source), self.source)
         self.name = net.name
         self.force_backward = net.force_backward
         self._param = net
-        self.layers = []
-        self._layer_names = []
+        self.layers, self._layer_names = [], []
         self.bottom_ids, self.top_ids = [], []
         self._blobs: list[Blob] = []
         self._blob_names: list[str] = []
-        blob_index: dict[str, int] = {}
-        available: set[str] = set()
-        blob_need_backward: list[bool] = []
         self.bottom_need_backward: list[list[bool]] = []
         self.layer_need_backward: list[bool] = []
         self.loss_weights: dict[int, float] = {}   # blob id -> loss weight
@@ -201,122 +84,144 @@ class Net:
         self.creates_top: list[list[bool]] = []     # False where the top is in-place
         self.param_specs = []                       # per layer: list of (lr_mult, decay_mult)
         self._param_owner: dict[str, tuple] = {}    # shared param name -> (layer, index)
-        memory = 0
-        writer: dict[int, Layer] = {}               # blob id -> the layer that last wrote it
-
+        wiring = _Wiring()
         for li, lp in enumerate(net.layer):
-            if not lp.HasField("phase"):
-                lp.phase = self.phase
-            if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
-                raise CaffeError(f"propagate_down has {len(lp.propagate_down)} values for "
-                                 f"{len(lp.bottom)} bottoms", path=src, field=f"layer {lp.name!r}")
-            layer = create_layer(lp, self.phase, self.device, src)
-            lo, hi = layer.bottoms
-            if len(lp.bottom) < lo or (hi is not None and len(lp.bottom) > hi):
-                raise layer.error(f"takes {_count_range(lo, hi)} bottom blob(s), "
-                                  f"got {len(lp.bottom)}")
-            lo, hi = layer.tops
-            if len(lp.top) < lo or (hi is not None and len(lp.top) > hi):
-                raise layer.error(f"takes {_count_range(lo, hi)} top blob(s), got {len(lp.top)}")
-            glog.info("net.cpp:86", f"Creating Layer {lp.name}")
-            self.layers.append(layer)
-            self._layer_names.append(lp.name)
-
-            need_backward = False
-            b_ids, b_need = [], []
-            for j, name in enumerate(lp.bottom):
-                if name not in available:
-                    raise CaffeError(f"unknown bottom blob {name!r} (bottom index {j})",
-                                     path=src, field=f"layer {lp.name!r}")
-                bid = blob_index[name]
-                glog.info("net.cpp:408", f"{lp.name} <- {name}")
-                b_ids.append(bid)
-                available.discard(name)
-                nb = blob_need_backward[bid]
-                if len(lp.propagate_down):
-                    nb = bool(lp.propagate_down[j])
-                b_need.append(nb)
-                need_backward |= blob_need_backward[bid]
-            t_ids, creates = [], []
-            for j, name in enumerate(lp.top):
-                if j < len(lp.bottom) and lp.bottom[j] == name:
-                    glog.info("net.cpp:369", f"{lp.name} -> {name} (in-place)")
-                    t_ids.append(blob_index[name])
-                    creates.append(False)
-                elif name in blob_index:
-                    raise CaffeError(f"top blob {name!r} is produced by more than one layer",
-                                     path=src, field=f"layer {lp.name!r}")
-                else:
-                    glog.info("net.cpp:382", f"{lp.name} -> {name}")
-                    blob_index[name] = len(self._blobs)
-                    t_ids.append(len(self._blobs))
-                    self._blobs.append(Blob(device=self.device))
-                    self._blob_names.append(name)
-                    blob_need_backward.append(False)
-                    creates.append(True)
-                    if lp.type == "Input":
-                        self.input_ids.append(blob_index[name])
-                available.add(name)
-            self.bottom_ids.append(b_ids)
-            self.top_ids.append(t_ids)
-            self.creates_top.append(creates)
-            if layer.inplace_capable and creates and not any(creates):
-                layer.inplace = all(writer[t].top_reusable for t in t_ids)
-            for tid in t_ids:
-                writer[tid] = layer
-
-            # set up: parameters, then top shapes
-            bottoms = [self._blobs[b].shaped for b in b_ids]
-            layer.setup(bottoms)
-            glog.info("net.cpp:124", f"Setting up {lp.name}")
-            shapes = self._top_shapes(layer, bottoms)
-            for j, (tid, shape) in enumerate(zip(t_ids, shapes)):
-                blob = self._blobs[tid]
-                if layer.is_source:
-                    blob.set_tensor(torch.zeros(shape, device=self.device))
-                else:
-                    blob.reshape(shape)
-                w = lp.loss_weight[j] if j < len(lp.loss_weight) else (
-                    1.0 if layer.is_loss and j == 0 else 0.0)
-                if w:
-                    self.loss_weights[tid] = float(w)
-                    blob.diff_tensor.fill_(w)
-                glog.info("net.cpp:131", f"Top shape: {_shape_str(shape)}")
-                if w:
-                    glog.info("net.cpp:134", f"    with loss weight {w:g}")
-                memory += int(np.prod(shape)) if len(shape) else 1
-            glog.info("net.cpp:139", f"Memory required for data: {4 * memory}")
-
-            # parameters: lr/decay multipliers, sharing, which need gradients
-            specs = []
-            for pi in range(len(layer.blobs)):
-                spec = lp.param[pi] if pi < len(lp.param) else caffe_pb2.ParamSpec()
-                lr, decay = spec.lr_mult, spec.decay_mult
-                if getattr(layer, "frozen_params", False):
-                    lr, decay = 0.0, 0.0
-                need_backward |= spec.lr_mult != 0
-                if spec.name:
-                    owner = self._param_owner.get(spec.name)
-                    if owner is None:
-                        self._param_owner[spec.name] = (li, pi)
-                    else:
-                        self._share_param(layer, pi, spec, owner)
-                specs.append((lr, decay))
-            self.param_specs.append(specs)
+            layer = self._create_layer(lp)
+            b_ids, b_need, need_backward = self._wire_bottoms(lp, wiring)
+            t_ids = self._wire_tops(lp, layer, wiring)
+            self._set_up(lp, layer, b_ids, t_ids, wiring)
+            need_backward |= self._set_up_params(li, lp, layer)
             self.bottom_need_backward.append(b_need)
             self.layer_need_backward.append(need_backward)
             if need_backward:
                 for tid in t_ids:
-                    blob_need_backward[tid] = True
-
-        self._resolve_backward(blob_need_backward)
-        self._output_ids = [blob_index[n] for n in sorted(available)]
+                    wiring.blob_need_backward[tid] = True
+        self._resolve_backward(wiring.blob_need_backward)
+        self._output_ids = [wiring.blob_index[n] for n in sorted(wiring.available)]
         self._set_param_grads()
         if self.fast:
             self._to_fast_storage()
         for i in self._output_ids:
             glog.info("net.cpp:244", f"This network produces output {self._blob_names[i]}")
         glog.info("net.cpp:257", "Network initialization done.")
+
+    def _create_layer(self, lp) -> Layer:
+        """The layer object for ``lp``, its bottom and top counts checked."""
+        if not lp.HasField("phase"):
+            lp.phase = self.phase
+        if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+            raise CaffeError(f"propagate_down has {len(lp.propagate_down)} values for "
+                             f"{len(lp.bottom)} bottoms", path=self.source,
+                             field=f"layer {lp.name!r}")
+        layer = create_layer(lp, self.phase, self.device, self.source)
+        lo, hi = layer.bottoms
+        if len(lp.bottom) < lo or (hi is not None and len(lp.bottom) > hi):
+            raise layer.error(f"takes {_count_range(lo, hi)} bottom blob(s), "
+                              f"got {len(lp.bottom)}")
+        lo, hi = layer.tops
+        if len(lp.top) < lo or (hi is not None and len(lp.top) > hi):
+            raise layer.error(f"takes {_count_range(lo, hi)} top blob(s), got {len(lp.top)}")
+        glog.info("net.cpp:86", f"Creating Layer {lp.name}")
+        self.layers.append(layer)
+        self._layer_names.append(lp.name)
+        return layer
+
+    def _wire_bottoms(self, lp, wiring):
+        """Bottom blob ids, whether each needs backward (``propagate_down`` decides where
+        given), and whether any of them makes the layer need backward."""
+        need_backward = False
+        b_ids, b_need = [], []
+        for j, name in enumerate(lp.bottom):
+            if name not in wiring.available:
+                raise CaffeError(f"unknown bottom blob {name!r} (bottom index {j})",
+                                 path=self.source, field=f"layer {lp.name!r}")
+            bid = wiring.blob_index[name]
+            glog.info("net.cpp:408", f"{lp.name} <- {name}")
+            b_ids.append(bid)
+            wiring.available.discard(name)
+            nb = wiring.blob_need_backward[bid]
+            if len(lp.propagate_down):
+                nb = bool(lp.propagate_down[j])
+            b_need.append(nb)
+            need_backward |= wiring.blob_need_backward[bid]
+        self.bottom_ids.append(b_ids)
+        return b_ids, b_need, need_backward
+
+    def _wire_tops(self, lp, layer, wiring) -> list[int]:
+        """Top blob ids: a new blob per top, or the bottom's blob for an in-place top (and the
+        layer computes in place where it can and its input's writer allows)."""
+        t_ids, creates = [], []
+        for j, name in enumerate(lp.top):
+            if j < len(lp.bottom) and lp.bottom[j] == name:
+                glog.info("net.cpp:369", f"{lp.name} -> {name} (in-place)")
+                t_ids.append(wiring.blob_index[name])
+                creates.append(False)
+            elif name in wiring.blob_index:
+                raise CaffeError(f"top blob {name!r} is produced by more than one layer",
+                                 path=self.source, field=f"layer {lp.name!r}")
+            else:
+                glog.info("net.cpp:382", f"{lp.name} -> {name}")
+                wiring.blob_index[name] = len(self._blobs)
+                t_ids.append(len(self._blobs))
+                self._blobs.append(Blob(device=self.device))
+                self._blob_names.append(name)
+                wiring.blob_need_backward.append(False)
+                creates.append(True)
+                if lp.type == "Input":
+                    self.input_ids.append(wiring.blob_index[name])
+            wiring.available.add(name)
+        self.top_ids.append(t_ids)
+        self.creates_top.append(creates)
+        if layer.inplace_capable and creates and not any(creates):
+            layer.inplace = all(wiring.writer[t].top_reusable for t in t_ids)
+        for tid in t_ids:
+            wiring.writer[tid] = layer
+        return t_ids
+
+    def _set_up(self, lp, layer, b_ids, t_ids, wiring):
+        """Layer setup (its parameters), then the tops' shapes and loss weights (a loss
+        weight is also the top's initial diff, as in Caffe)."""
+        bottoms = [self._blobs[b].shaped for b in b_ids]
+        layer.setup(bottoms)
+        glog.info("net.cpp:124", f"Setting up {lp.name}")
+        shapes = self._top_shapes(layer, bottoms)
+        for j, (tid, shape) in enumerate(zip(t_ids, shapes)):
+            blob = self._blobs[tid]
+            if layer.is_source:
+                blob.set_tensor(torch.zeros(shape, device=self.device))
+            else:
+                blob.reshape(shape)
+            w = lp.loss_weight[j] if j < len(lp.loss_weight) else (
+                1.0 if layer.is_loss and j == 0 else 0.0)
+            if w:
+                self.loss_weights[tid] = float(w)
+                blob.diff_tensor.fill_(w)
+            glog.info("net.cpp:131", f"Top shape: {_shape_str(shape)}")
+            if w:
+                glog.info("net.cpp:134", f"    with loss weight {w:g}")
+            wiring.memory += int(np.prod(shape)) if len(shape) else 1
+        glog.info("net.cpp:139", f"Memory required for data: {4 * wiring.memory}")
+
+    def _set_up_params(self, li, lp, layer) -> bool:
+        """Each parameter's lr/decay multipliers and sharing (by ParamSpec name); returns
+        whether a learning rate makes the layer need backward."""
+        need_backward = False
+        specs = []
+        for pi in range(len(layer.blobs)):
+            spec = lp.param[pi] if pi < len(lp.param) else caffe_pb2.ParamSpec()
+            lr, decay = spec.lr_mult, spec.decay_mult
+            if getattr(layer, "frozen_params", False):
+                lr, decay = 0.0, 0.0
+            need_backward |= spec.lr_mult != 0
+            if spec.name:
+                owner = self._param_owner.get(spec.name)
+                if owner is None:
+                    self._param_owner[spec.name] = (li, pi)
+                else:
+                    self._share_param(layer, pi, spec, owner)
+            specs.append((lr, decay))
+        self.param_specs.append(specs)
+        return need_backward
 
     def _top_shapes(self, layer, bottoms):
         """Top shapes: a source layer knows them, most layers compute them from the bottoms'
@@ -813,23 +718,14 @@ class Net:
         return {k: np.asarray(v) for k, v in outs.items()}
 
 
-def _real_net(real, network, *args, phase=None, weights=None, level=0, stages=None,
-              device=None, fast=None):
-    """Build the same net with real pycaffe (the "caffe" backend)."""
-    if isinstance(network, caffe_pb2.NetParameter):
-        raise CaffeError("the caffe backend builds nets from files only", path="<net>")
-    if not pathlib.Path(network).is_file():
-        raise CaffeError("file not found", path=network)
-    if len(args) == 1:
-        phase = args[0]
-    elif len(args) == 2:
-        weights, phase = args
-    kw = {"level": level}
-    if stages is not None:
-        kw["stages"] = list(stages)
-    if weights is not None:
-        kw["weights"] = str(weights)
-    return real.Net(str(network), phase, **kw)
+@dataclasses.dataclass
+class _Wiring:
+    """What building a net keeps track of from one layer to the next."""
+    blob_index: dict = dataclasses.field(default_factory=dict)      # blob name -> id
+    available: set = dataclasses.field(default_factory=set)         # names not yet consumed
+    blob_need_backward: list = dataclasses.field(default_factory=list)
+    writer: dict = dataclasses.field(default_factory=dict)          # blob id -> last writer
+    memory: int = 0                                                 # values in tops so far
 
 
 @dataclasses.dataclass

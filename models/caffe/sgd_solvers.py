@@ -21,9 +21,8 @@ import pathlib
 import numpy as np
 import torch
 
-from .errors import CaffeError
-
 from . import glog, lr_policy, protoio
+from .errors import CaffeError
 from .proto import caffe_pb2
 from .solver import Solver, read_solver_param
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
-from .errors import CaffeError
-
 from . import glog, lr_policy, parallel, protoio, state
-from .net import TEST, TRAIN, Net, load_net_param
+from .errors import CaffeError
+from .net import TEST, TRAIN, Net
+from .net_param import load_net_param
 from .proto import caffe_pb2
 from .upgrade import upgrade_solver
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from .errors import CaffeError
-
 from .proto import caffe_pb2
 
 V1 = caffe_pb2.V1LayerParameter
