@@ -15,6 +15,7 @@ from deepselfie import __version__
 from deepselfie.config import load_config
 from deepselfie.console import setup_logging
 from deepselfie.errors import CaffeError, UserError
+from models.caffe.limits import set_max_blob_bytes
 
 # The modules that register subcommands, in the order --help lists them.
 STAGE_MODULES = [
@@ -99,6 +100,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config or "config.yaml", data_dir=args.data_dir,
                           overrides=args.overrides, required=args.config is not None)
+        set_max_blob_bytes(cfg.runtime.max_blob_bytes)   # every net any command builds
         rc = args.func(args, cfg)
     except CaffeError as e:   # the runtime's, or the application's UserError
         print(f"{prog}: error: {e}", file=sys.stderr)

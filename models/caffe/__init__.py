@@ -15,7 +15,7 @@ import importlib
 _EXPORTS = {
     "Net": "net", "TRAIN": "net", "TEST": "net",
     "set_mode_cpu": "state", "set_mode_gpu": "state", "set_device": "state",
-    "set_random_seed": "state", "set_fast": "state",
+    "set_random_seed": "state", "set_fast": "state", "set_max_blob_bytes": "limits",
     "set_backend": "backend",
     "LAYERS": "layer", "Layer": "layer", "layer_type_list": "layer", "register": "layer",
     "get_solver": "sgd_solvers", "SGDSolver": "sgd_solvers", "NesterovSolver": "sgd_solvers",

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .limits import check_blob_shape
+
 
 def _is_view_safe(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.float32
@@ -143,6 +145,7 @@ class Blob:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         shape = tuple(int(s) for s in shape)
+        check_blob_shape(shape, field="blob reshape")
         if shape != self.shape:
             if self._t.requires_grad and self._t.is_leaf:    # an input the net differentiates
                 t = torch.zeros(shape, device=self.device, dtype=self._t.dtype)

@@ -29,6 +29,7 @@ import torch
 from .blob import Blob
 from .errors import CaffeError
 from .filler import fill
+from .limits import check_blob_shape
 
 LAYERS: dict[str, type] = {}
 
@@ -79,8 +80,14 @@ class Layer:
         where = f"layer {self.name!r} ({self.type})" + (f": {field}" if field else "")
         return CaffeError(message, path=self.source, field=where)
 
+    def check_shape(self, shape, what):
+        """Refuse a blob of ``shape`` (this layer's ``what``) over the size limit (limits.py)."""
+        check_blob_shape(shape, path=self.source, field=f"layer {self.name!r} ({self.type}): "
+                                                        f"{what}")
+
     def add_param(self, shape, filler=None, what="blob"):
         """Append a learnable blob of ``shape`` filled by ``filler`` (a FillerParameter)."""
+        self.check_shape(shape, what)
         t = fill(shape, filler, self.device, where=f"{self.source}: layer {self.name!r} {what}")
         self.blobs.append(Blob(device=self.device, tensor=t))
         return self.blobs[-1]

@@ -185,6 +185,8 @@ class Net:
         layer.setup(bottoms)
         glog.info("net.cpp:124", f"Setting up {lp.name}")
         shapes = self._top_shapes(layer, bottoms)
+        for tid, shape in zip(t_ids, shapes):     # refused before anything is allocated
+            layer.check_shape(shape, f"top {self._blob_names[tid]!r}")
         for j, (tid, shape) in enumerate(zip(t_ids, shapes)):
             blob = self._blobs[tid]
             if layer.is_source:
@@ -682,6 +684,7 @@ class Net:
                 continue
             bottoms = [self._blobs[b].shaped for b in self.bottom_ids[li]]
             for tid, shape in zip(self.top_ids[li], self._top_shapes(layer, bottoms)):
+                layer.check_shape(shape, f"top {self._blob_names[tid]!r}")
                 self._blobs[tid].reshape(shape)
 
     def share_with(self, other: "Net"):
