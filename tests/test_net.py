@@ -98,6 +98,22 @@ def test_cleared_param_diff_is_one_buffer(tmp_path):
     np.testing.assert_allclose(view, once, rtol=1e-6)
 
 
+def test_blob_diff_is_one_buffer_across_backwards(tmp_path):
+    """On the CPU, a blob's .diff taken after one backward shows the next backward's values,
+    as Caffe's one diff buffer does."""
+    net = net_from(tmp_path, BRANCHES)
+    rs = np.random.RandomState(5)
+    x, y = rs.randn(4, 3).astype(np.float32), rs.randn(4, 3).astype(np.float32)
+    net.forward(x=x, y=y)
+    net.backward()
+    view = net.blobs["h"].diff
+    first = view.copy()
+    net.forward(x=x, y=2 * y)
+    net.backward()
+    assert not np.allclose(view, first)
+    np.testing.assert_array_equal(view, net.blobs["h"].diff)
+
+
 def test_diffs_backward_does_not_write_keep_their_values(tmp_path):
     """Caffe's backward writes only the bottoms it propagates to, and runs each layer on what
     its tops' diffs hold: a diff the user wrote where no layer propagates (the label y, the

@@ -491,13 +491,15 @@ class Net:
             h.remove()
         self._hook_handles = []
         self._watched = []
+        self._reached = set()
 
     def _watch(self, tid, tensor):
         """After backward, the blob's diff is the gradient with respect to this tensor."""
         blob = self._blobs[tid]
 
         def hook(grad, blob=blob):
-            blob.set_diff(grad.detach())   # bf16 in fast mode: .diff shows it as float32
+            self._reached.add(tid)
+            blob.take_diff(grad.detach())   # bf16 in fast mode: .diff shows it as float32
         self._hook_handles.append(tensor.register_hook(hook))
         self._watched.append(tid)
 
@@ -515,7 +517,7 @@ class Net:
             for j, bid in targets:
                 d = layer.scratch_diff(j, grad.detach(), data, pdata)
                 if d is not None:
-                    self._blobs[bid].set_diff(d.float())
+                    self._blobs[bid].take_diff(d.float())
         self._hook_handles.append(top.register_hook(hook))
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
@@ -584,17 +586,22 @@ class Net:
                 t = blob.tensor
                 if t.requires_grad and t.is_leaf and id(t) not in seen:
                     seen.add(id(t))
-                    # parameter diffs accumulate into the diff's own buffer, as in Caffe
-                    # (autograd adds in place); a diff never allocated is left out, and
-                    # autograd's gradient becomes the diff without an addition
+                    # parameter diffs accumulate, as in Caffe, into the diff's own buffer
+                    # (autograd adds in place); a cleared diff is left out, and autograd's
+                    # gradient becomes the diff without an addition
                     t.grad = blob.diff_tensor if blob.has_diff else None
                     params.append((blob, t))
         self._graph_ready = False
-        for tid in self._watched:   # diffs this backward rewrites: do not hold old and new
-            if tid in self._backward_writes:
+        rewritten = [tid for tid in self._watched if tid in self._backward_writes]
+        for tid in rewritten:   # diffs no array shows are replaced: drop them now so that old
+            if not self._blobs[tid].diff_in_view:   # and new are never held together
                 self._blobs[tid].set_diff(None)
+        self._reached = set()
         if tensors:
             torch.autograd.backward(tensors, grads)
+        for tid in rewritten:   # written by Caffe's backward but not reached from any seed: zero
+            if tid not in self._reached:
+                self._blobs[tid].clear_diff()
         for blob, t in params:
             if t.grad is not None and t.grad is not blob._d:
                 blob.set_diff(t.grad)
