@@ -291,3 +291,11 @@ def test_datum_round_trip():
     np.testing.assert_array_equal(caffe.io.datum_to_array(d), arr)
     f = caffe.io.array_to_datum(arr.astype(np.float32) / 3)
     np.testing.assert_allclose(caffe.io.datum_to_array(f), arr / 3, rtol=1e-6)
+    import io
+
+    from PIL import Image
+    rgb = (np.arange(5 * 4 * 3) * 7 % 256).astype(np.uint8).reshape(5, 4, 3)
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, format="PNG")
+    e = caffe.proto.caffe_pb2.Datum(data=png.getvalue(), encoded=True, label=1)
+    np.testing.assert_array_equal(caffe.io.datum_to_array(e), rgb[:, :, ::-1].transpose(2, 0, 1))

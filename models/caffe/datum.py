@@ -1,5 +1,5 @@
 """Datum records as Caffe's tools write them (convert_imageset's CVMatToDatum and
-ReadImageToDatum) and as its Data layer parses them.
+ReadImageToDatum) and as its Data layer parses and decodes them.
 
 A raw record carries channels, height, width, the pixels (uint8 C x H x W, BGR), its label and
 ``encoded: false``; an encoded one carries only the image file's bytes, its label and
@@ -9,8 +9,10 @@ A raw record carries channels, height, width, the pixels (uint8 C x H x W, BGR),
 """
 from __future__ import annotations
 
+import numpy as np
 from google.protobuf import message as pb_message
 
+from . import cvimage
 from .proto import caffe_pb2
 
 
@@ -34,3 +36,23 @@ def decode_datum(value: bytes) -> caffe_pb2.Datum:
     except (pb_message.DecodeError, RuntimeError) as e:
         raise ValueError(f"not a Datum ({e})") from None
     return datum
+
+
+def datum_pixels(datum: caffe_pb2.Datum, flag: str = cvimage.UNCHANGED) -> np.ndarray:
+    """A Datum's pixels as C x H x W: uint8 for raw bytes, float32 for float_data; an encoded
+    Datum decoded as Caffe's DataTransformer decodes it (``flag``: cvimage.COLOR for
+    force_color, GRAYSCALE for force_gray, else UNCHANGED: the file's own channels). Raises
+    ValueError (cvimage.ImageDecodeError for an undecodable image) on a malformed record."""
+    if datum.encoded:
+        return cvimage.decode(datum.data, flag).transpose(2, 0, 1)
+    shape = (datum.channels, datum.height, datum.width)
+    count = shape[0] * shape[1] * shape[2]
+    if len(datum.data):
+        if len(datum.data) != count:
+            raise ValueError(f"Datum holds {len(datum.data)} bytes for a "
+                             f"{shape[0]}x{shape[1]}x{shape[2]} image")
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+    if len(datum.float_data) != count:
+        raise ValueError(f"Datum holds {len(datum.float_data)} floats for a "
+                         f"{shape[0]}x{shape[1]}x{shape[2]} image")
+    return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)

@@ -6,10 +6,9 @@ and back.
 """
 from __future__ import annotations
 
-import io as _io
-
 import numpy as np
 
+from .datum import datum_pixels
 from .errors import CaffeError
 from .proto import caffe_pb2
 from .protoio import array_to_blobproto, blobproto_to_array  # noqa: F401
@@ -143,20 +142,8 @@ class Transformer:
 
 def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
     """A Datum as C x H x W: uint8 for raw bytes, float32 for float_data; an encoded Datum is
-    decoded (to BGR, as Caffe's OpenCV decoding gives)."""
-    if datum.encoded:
-        from PIL import Image
-        with Image.open(_io.BytesIO(datum.data)) as im:
-            im.load()
-            gray = im.mode in ("L", "I;16", "I", "1") and datum.channels == 1
-            arr = np.asarray(im.convert("L" if gray else "RGB"))
-        if arr.ndim == 2:
-            return arr[None]
-        return arr[:, :, ::-1].transpose(2, 0, 1).copy()
-    shape = (datum.channels, datum.height, datum.width)
-    if len(datum.data):
-        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
-    return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+    decoded (to BGR, with the file's own channels, as Caffe's DecodeDatumToCVMatNative)."""
+    return np.array(datum_pixels(datum))
 
 
 def array_to_datum(arr, label=None) -> caffe_pb2.Datum:

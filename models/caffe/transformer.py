@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import cvimage, glog, protoio
+from .datum import datum_pixels
 from .proto import caffe_pb2
 from .rng import Stream, caffe_rng_rand
 
@@ -87,15 +88,7 @@ class DataTransformer:
     def datum_image(self, datum: caffe_pb2.Datum) -> np.ndarray:
         """A Datum's pixels as C x H x W (uint8, or float32 for float_data), decoding an
         encoded one as Caffe does (force_color / force_gray, else the file's own channels)."""
-        if datum.encoded:
-            return cvimage.decode(datum.data, self.flag).transpose(2, 0, 1)
-        shape = (datum.channels, datum.height, datum.width)
-        if len(datum.data):
-            if len(datum.data) != shape[0] * shape[1] * shape[2]:
-                raise ValueError(f"Datum holds {len(datum.data)} bytes for a "
-                                 f"{shape[0]}x{shape[1]}x{shape[2]} image")
-            return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
-        return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+        return datum_pixels(datum, self.flag)
 
     # ------------------------------------------------------------ the transform
     def transform(self, img: np.ndarray, draws, out: np.ndarray) -> None:
