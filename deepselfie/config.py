@@ -93,6 +93,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "device": _k(str, "auto", "auto, cpu, cuda or cuda:N"),
         "fast": _k(bool, False, "bf16 autocast and channels_last (inexact, faster)"),
         "threads": _k(int, 0, "CPU threads for torch; 0 keeps torch's default", rule=at_least(0)),
+        "max_blob_bytes": _k(int, 4 << 30, "largest blob a net may allocate, in bytes; a "
+                             "prototxt asking for more is refused before allocating",
+                             rule=at_least(1)),
     },
     "score": {
         "model": _k(str, "prototxt/selfie_vgg16_deploy.prototxt", "deploy prototxt"),

@@ -2,17 +2,19 @@
 
 Its message is a single line that names the file (or option), the field and what is wrong; the
 CLI prints it and exits with code 2. Everything else is a bug and keeps its traceback.
+
+The Caffe runtime (models/caffe) depends on nothing in the application, so it raises its own
+``CaffeError`` with the same one-line form; ``UserError`` is a kind of CaffeError. Application
+code raises UserError; code that calls the runtime and must handle a bad input catches
+``CaffeError`` (which catches both), as the CLI does.
 """
+from models.caffe.errors import CaffeError
 
 
-class UserError(Exception):
+class UserError(CaffeError):
     """Bad input: a config key, a prototxt field, a missing or corrupt file, a bad option."""
 
     exit_code = 2
 
-    def __init__(self, message, *, path=None, field=None):
-        self.path = str(path) if path is not None else None
-        self.field = field
-        parts = [p for p in (self.path, field) if p]
-        self.detail = message
-        super().__init__(": ".join(parts + [message]))
+
+__all__ = ["CaffeError", "UserError"]

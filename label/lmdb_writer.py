@@ -5,7 +5,8 @@ caller shuffles the list first, as ``--shuffle`` does), the value is a serialize
 records carry channels/height/width, data (uint8 C x H x W, BGR), label and encoded=false; encoded
 records carry only data (the image file's bytes), label and encoded=true, as ReadImageToDatum
 leaves them. Puts go in transactions of ``commit_every`` records (convert_imageset: 1000); the map
-grows by doubling when full, as Caffe's LMDB wrapper does.
+grows by doubling when full, as Caffe's LMDB wrapper does. The Datum and LMDB codecs are the
+runtime's (models/caffe/datum.py, models/caffe/db.py); this module plans, resumes and publishes.
 
 Resumable: the database is built in ``<name>.partial/`` next to its final place, with the plan's
 hash in ``<name>.partial/PLAN``. Every committed batch survives an interruption; a rerun with the
@@ -19,15 +20,15 @@ import pathlib
 import shutil
 from dataclasses import dataclass
 
-import lmdb
-
 from deepselfie.console import progress
 from deepselfie.errors import UserError
+from models.caffe.datum import decode_datum, encode_datum
+from models.caffe.db import LMDBWriter
+from models.caffe.db import iter_lmdb as read_lmdb
 
 from .image import EncodeSettings, Payload, encode_chunk
 from .workers import Workers, as_workers
 
-INITIAL_MAP_SIZE = 64 << 20
 CHUNK = 16                      # images per task sent to a worker process
 
 
@@ -46,22 +47,14 @@ def record_key(index: int, list_path: str) -> str:
 
 
 def make_datum(payload: Payload, label: int) -> bytes:
-    from models.caffe.proto import caffe_pb2
-    datum = caffe_pb2.Datum()
-    if not payload.encoded:
-        datum.channels, datum.height, datum.width = (payload.channels, payload.height,
-                                                     payload.width)
-    datum.data = payload.data
-    datum.label = int(label)
-    datum.encoded = payload.encoded
-    return datum.SerializeToString()
+    """The record convert_imageset writes for this payload (the runtime's Datum codec)."""
+    return encode_datum(payload.data, label, encoded=payload.encoded,
+                        shape=(payload.channels, payload.height, payload.width))
 
 
 def parse_datum(value: bytes):
     """A stored value -> (label, Payload)."""
-    from models.caffe.proto import caffe_pb2
-    datum = caffe_pb2.Datum()
-    datum.ParseFromString(value)
+    datum = decode_datum(value)
     return datum.label, Payload(datum.data, datum.encoded, datum.channels, datum.height,
                                 datum.width)
 
@@ -69,22 +62,6 @@ def parse_datum(value: bytes):
 def partial_path(path) -> pathlib.Path:
     path = pathlib.Path(path)
     return path.with_name(path.name + ".partial")
-
-
-def _open(path: pathlib.Path) -> lmdb.Environment:
-    size = INITIAL_MAP_SIZE
-    data = path / "data.mdb"
-    while data.exists() and size < 2 * data.stat().st_size:
-        size *= 2
-    return lmdb.open(str(path), map_size=size, subdir=True, readahead=False, meminit=False)
-
-
-def _committed(env: lmdb.Environment):
-    """(number of records, last key) already in the database."""
-    with env.begin() as txn:
-        cur = txn.cursor()
-        last = cur.key() if cur.last() else None
-        return txn.stat()["entries"], last
 
 
 def _payloads(records, settings: EncodeSettings, workers: Workers):
@@ -95,18 +72,6 @@ def _payloads(records, settings: EncodeSettings, workers: Workers):
         yield from out
 
 
-def _put_batch(env: lmdb.Environment, batch):
-    """Commit a batch in one transaction, doubling the map while it is too small."""
-    while True:
-        try:
-            with env.begin(write=True) as txn:
-                for key, value in batch:
-                    txn.put(key, value)
-            return
-        except lmdb.MapFullError:
-            env.set_mapsize(env.info()["map_size"] * 2)
-
-
 def build_lmdb(path, records: list[Record], settings: EncodeSettings, *, plan: str,
                processes: int | Workers = 1, commit_every: int = 1000, desc: str = "lmdb") -> int:
     """Write (or finish writing) records into ``<path>.partial``; return how many were resumed.
@@ -114,18 +79,18 @@ def build_lmdb(path, records: list[Record], settings: EncodeSettings, *, plan: s
     ``processes``: how many processes encode images, or a Workers pool to use."""
     partial = partial_path(path)
     marker = partial / "PLAN"
-    env, done = None, 0
+    writer, done = None, 0
     if partial.is_dir() and marker.is_file() and marker.read_text() == plan:
-        env = _open(partial)
-        done, last = _committed(env)
+        writer = LMDBWriter(partial)
+        done, last = writer.committed()
         expected = records[done - 1].key.encode() if 0 < done <= len(records) else None
         if done > len(records) or (done and last != expected):
-            env.close()
-            env, done = None, 0
-    if env is None:
+            writer.close()
+            writer, done = None, 0
+    if writer is None:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        env = _open(partial)
+        writer = LMDBWriter(partial)
         marker.write_text(plan)
     workers, own = as_workers(processes)
     try:
@@ -138,15 +103,14 @@ def build_lmdb(path, records: list[Record], settings: EncodeSettings, *, plan: s
                     raise UserError(f"cannot use this image: {payload[1]}", path=payload[0])
                 batch.append((record.key.encode(), make_datum(payload, record.label)))
                 if len(batch) >= commit_every:
-                    _put_batch(env, batch)
+                    writer.put(batch)
                     bar.update(len(batch))
                     batch = []
             if batch:
-                _put_batch(env, batch)
+                writer.put(batch)
                 bar.update(len(batch))
-        env.sync(True)
     finally:
-        env.close()
+        writer.close()
         if own:
             workers.close()
     return done
@@ -167,11 +131,6 @@ def publish(path):
 
 def iter_lmdb(path):
     """(key, label, Payload) for every record of an LMDB, in key order (as the Data layer reads)."""
-    env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)
-    try:
-        with env.begin() as txn:
-            for key, value in txn.cursor():
-                label, payload = parse_datum(value)
-                yield key.decode(), label, payload
-    finally:
-        env.close()
+    for key, value in read_lmdb(path):
+        label, payload = parse_datum(value)
+        yield key.decode(), label, payload

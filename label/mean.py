@@ -4,7 +4,8 @@ compute_image_mean decodes every record (BGR, C x H x W), sums the pixels and di
 number of records; it writes a BlobProto with num=1, channels, height, width and the mean as
 float data, and logs the per-channel means. Here the sums are exact integers, turned into float32
 and divided in float32: the same numbers as compute_image_mean's float sums for up to 65,793
-images (while every sum stays below 2^24), and the exact mean beyond.
+images (while every sum stays below 2^24), and the exact mean beyond. Writing and reading the
+.binaryproto is the runtime's codec (models/caffe/protoio.py), under label's names.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepselfie.errors import UserError
+from models.caffe.protoio import mean_image_bytes as mean_to_binaryproto  # noqa: F401
+from models.caffe.protoio import read_mean_image as read_binaryproto  # noqa: F401
 
 from .image import decode_payload, sum_encoded
 from .lmdb_writer import iter_lmdb
@@ -79,32 +82,3 @@ def compute_mean(path, processes: int | Workers = 1) -> ImageMean:
     pixels = count * shape[1] * shape[2]
     channel_means = [float(s) / pixels for s in total.reshape(shape[0], -1).sum(axis=1)]
     return ImageMean(mean.astype(np.float32), count, channel_means)
-
-
-def mean_to_binaryproto(mean: np.ndarray) -> bytes:
-    """A C x H x W mean as compute_image_mean's BlobProto (num=1, channels, height, width)."""
-    from models.caffe.proto import caffe_pb2
-    c, h, w = mean.shape
-    blob = caffe_pb2.BlobProto(num=1, channels=c, height=h, width=w)
-    blob.data.extend(np.asarray(mean, np.float32).ravel().tolist())
-    return blob.SerializeToString()
-
-
-def read_binaryproto(path) -> np.ndarray:
-    """A mean .binaryproto (legacy num/channels/height/width or shape) as float32 C x H x W."""
-    from google.protobuf.message import DecodeError
-
-    from models.caffe.proto import caffe_pb2
-    blob = caffe_pb2.BlobProto()
-    try:
-        with open(path, "rb") as f:
-            blob.ParseFromString(f.read())
-    except (OSError, DecodeError) as e:
-        raise UserError(f"not a readable BlobProto ({e})", path=path) from None
-    dims = list(blob.shape.dim) if blob.HasField("shape") else \
-        [blob.num, blob.channels, blob.height, blob.width]
-    data = np.asarray(blob.data, np.float32)
-    if int(np.prod(dims)) != data.size:
-        raise UserError(f"shape {dims} does not match {data.size} values", path=path)
-    data = data.reshape(dims)
-    return data.reshape(data.shape[-3:]) if data.ndim == 4 else data

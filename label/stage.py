@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 from deepselfie.catalog import Catalog, LabelRecord
 from deepselfie.console import get_logger, summary
-from deepselfie.errors import UserError
+from deepselfie.errors import CaffeError, UserError
 from deepselfie.files import atomic_write
 
 from .image import EncodeSettings
@@ -81,7 +81,7 @@ def _read_mean(run_dir: pathlib.Path):
         info = json.loads((run_dir / "mean.json").read_text())
         mean = read_binaryproto(run_dir / "mean.binaryproto")
         return ImageMean(mean, int(info["images"]), [float(v) for v in info["mean_value_bgr"]])
-    except (OSError, ValueError, KeyError, TypeError, UserError):
+    except (OSError, ValueError, KeyError, TypeError, CaffeError):
         return None
 
 

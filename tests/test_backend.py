@@ -13,7 +13,7 @@ import pytest
 
 import models.caffe as caffe
 from conftest import GOLDEN, _has_pycaffe
-from deepselfie.errors import UserError
+from models.caffe.errors import CaffeError
 from golden import rel_err
 
 SOLVER_CASES = sorted(p.name for p in (GOLDEN / "solvers").iterdir()) \
@@ -27,13 +27,13 @@ def torch_backend_after():
 
 
 def test_unknown_backend_is_refused():
-    with pytest.raises(UserError, match="must be one of torch, caffe"):
+    with pytest.raises(CaffeError, match="must be one of torch, caffe"):
         caffe.set_backend("tensorflow")
 
 
 @pytest.mark.skipif(_has_pycaffe(), reason="real pycaffe is importable here")
 def test_caffe_backend_without_pycaffe_is_one_clear_error():
-    with pytest.raises(UserError, match="pycaffe"):
+    with pytest.raises(CaffeError, match="pycaffe"):
         caffe.set_backend("caffe")
     assert caffe.Net.__name__ == "Net"
 

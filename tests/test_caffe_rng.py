@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import models.caffe as caffe
-from conftest import GOLDEN, golden_cases
+from conftest import golden_cases
 from golden import rel_err
 from models.caffe import rng
 

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data as skdata
 
 import models.caffe as caffe
-from deepselfie.errors import UserError
+from models.caffe.errors import CaffeError
 from models.caffe import cvimage, db, glog, prefetch, protoio, rng
 from models.caffe.io import array_to_datum
 from models.caffe.proto import caffe_pb2
@@ -221,7 +221,7 @@ def test_mean_value_one_for_all_channels_or_one_each(tmp_path):
                                    phase="TEST"), 1)
     mv = np.array([104, 117, 123], np.float32)[None, :, None, None]
     np.testing.assert_array_equal(three, stack - mv)
-    with pytest.raises(UserError, match=r"layer 'data'.*mean_value.*2 mean_value\(s\) for "
+    with pytest.raises(CaffeError, match=r"layer 'data'.*mean_value.*2 mean_value\(s\) for "
                                         r"3-channel"):
         data_net(tmp_path, tmp_path / "db", "mean_value: 1 mean_value: 2")
 
@@ -282,7 +282,7 @@ def test_encoded_force_gray_and_force_color(tmp_path):
     assert (color[1, 0] == color[1, 1]).all() and (color[1, 1] == color[1, 2]).all()
     # without a force flag a batch takes the channels of its first image: the mix fails
     net = data_net(tmp_path, tmp_path / "db", "", batch=2, phase="TEST")
-    with pytest.raises(UserError, match=r"layer 'data'.*is 1x20x30.*first image is 3x20x30"):
+    with pytest.raises(CaffeError, match=r"layer 'data'.*is 1x20x30.*first image is 3x20x30"):
         net.forward()
 
 
@@ -455,12 +455,12 @@ def test_image_data_errors(image_folder, monkeypatch):
     monkeypatch.chdir(image_folder)
     (image_folder / "list.txt").write_text("a.jpg 0\nmissing.jpg 1\n")
     net = image_data_net(image_folder, "batch_size: 2")
-    with pytest.raises(UserError, match=r"images/missing\.jpg.*layer 'data'.*image not found"):
+    with pytest.raises(CaffeError, match=r"images/missing\.jpg.*layer 'data'.*image not found"):
         net.forward()
     (image_folder / "list.txt").write_text("a.jpg zero\n")
-    with pytest.raises(UserError, match=r"list\.txt:1.*integer label"):
+    with pytest.raises(CaffeError, match=r"list\.txt:1.*integer label"):
         image_data_net(image_folder, "batch_size: 2")
-    with pytest.raises(UserError, match=r"new_height and new_width must be set together"):
+    with pytest.raises(CaffeError, match=r"new_height and new_width must be set together"):
         image_data_net(image_folder, "batch_size: 2 new_height: 5")
 
 
@@ -475,7 +475,7 @@ layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
 """)
     net = caffe.Net(str(tmp_path / "mem.prototxt"), caffe.TRAIN)
-    with pytest.raises(UserError, match=r"layer 'data'.*set_input_arrays"):
+    with pytest.raises(CaffeError, match=r"layer 'data'.*set_input_arrays"):
         net.forward()
     x = np.random.RandomState(0).normal(size=(6, 3, 4, 5)).astype(np.float32)
     y = np.array([0, 1, 2, 2, 1, 0], np.float32)
@@ -486,17 +486,17 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
         np.testing.assert_array_equal(net.blobs["label"].data.ravel(), y[2 * k:2 * k + 2])
         assert net.blobs["label"].data.shape == (2, 1, 1, 1)    # as Caffe reshapes it
         assert np.isfinite(loss)
-    with pytest.raises(UserError, match=r"multiple of batch_size 2"):
+    with pytest.raises(CaffeError, match=r"multiple of batch_size 2"):
         net.set_input_arrays(x[:3], y[:3])
-    with pytest.raises(UserError, match=r"data must be N x 3 x 4 x 5"):
+    with pytest.raises(CaffeError, match=r"data must be N x 3 x 4 x 5"):
         net.set_input_arrays(x[:, :, :2], y)
-    with pytest.raises(UserError, match=r"labels must be N"):
+    with pytest.raises(CaffeError, match=r"labels must be N"):
         net.set_input_arrays(x, y[:4])
 
 
 def test_set_input_arrays_needs_a_memory_data_layer(tmp_path, position_db):
     net = data_net(tmp_path, position_db)
-    with pytest.raises(UserError, match=r"set_input_arrays needs a MemoryData layer"):
+    with pytest.raises(CaffeError, match=r"set_input_arrays needs a MemoryData layer"):
         net.set_input_arrays(np.zeros((2, 3, 20, 24)), np.zeros(2))
 
 
@@ -540,40 +540,40 @@ def test_leveldb_without_plyvel_says_what_to_install(tmp_path, monkeypatch):
 layer {{ name: "data" type: "Data" top: "data"
   data_param {{ source: "{tmp_path / 'ldb'}" backend: LEVELDB batch_size: 4 }} }}
 """)
-    with pytest.raises(UserError, match=r"layer 'data' \(Data\).*LEVELDB needs the plyvel"):
+    with pytest.raises(CaffeError, match=r"layer 'data' \(Data\).*LEVELDB needs the plyvel"):
         caffe.Net(str(tmp_path / "l.prototxt"), caffe.TEST)
 
 
 # ---------------------------------------------------------------- errors
 
 def test_missing_not_an_lmdb_and_empty_databases(tmp_path):
-    with pytest.raises(UserError, match=r"nope: layer 'data' \(Data\) data_param.source: no "
+    with pytest.raises(CaffeError, match=r"nope: layer 'data' \(Data\) data_param.source: no "
                                         r"LMDB database here"):
         data_net(tmp_path, tmp_path / "nope")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(UserError, match=r"folder: layer 'data'.*not an LMDB"):
+    with pytest.raises(CaffeError, match=r"folder: layer 'data'.*not an LMDB"):
         data_net(tmp_path, tmp_path / "folder")
     db.write_lmdb(tmp_path / "empty", [])
-    with pytest.raises(UserError, match=r"empty: layer 'data'.*holds no records"):
+    with pytest.raises(CaffeError, match=r"empty: layer 'data'.*holds no records"):
         data_net(tmp_path, tmp_path / "empty")
 
 
 def test_mean_file_of_another_size_names_the_layer(tmp_path, position_db):
     protoio.write_binary(tmp_path / "m.binaryproto",
                          protoio.array_to_blobproto(np.zeros((1, 3, 16, 16), np.float32)))
-    with pytest.raises(UserError, match=r"layer 'data' \(Data\): transform_param.mean_file: "
+    with pytest.raises(CaffeError, match=r"layer 'data' \(Data\): transform_param.mean_file: "
                                         r"mean_file .*m.binaryproto is 3x16x16 but the images "
                                         r"are 3x20x24"):
         data_net(tmp_path, position_db, f'mean_file: "{tmp_path / "m.binaryproto"}"')
-    with pytest.raises(UserError, match=r"mean_file and mean_value"):
+    with pytest.raises(CaffeError, match=r"mean_file and mean_value"):
         data_net(tmp_path, position_db,
                  f'mean_file: "{tmp_path / "m.binaryproto"}" mean_value: 3')
-    with pytest.raises(UserError, match=r"missing.binaryproto: file not found"):
+    with pytest.raises(CaffeError, match=r"missing.binaryproto: file not found"):
         data_net(tmp_path, position_db, 'mean_file: "missing.binaryproto"')
 
 
 def test_crop_larger_than_the_image_and_bad_records(tmp_path, position_db):
-    with pytest.raises(UserError, match=r"layer 'data'.*crop_size 32 is larger than the 20x24"):
+    with pytest.raises(CaffeError, match=r"layer 'data'.*crop_size 32 is larger than the 20x24"):
         data_net(tmp_path, position_db, "crop_size: 32")
     good = encode(skimage_rgb("coffee", (20, 20)), "PNG")
     write_datum_lmdb(tmp_path / "bad", [encoded_datum(good, 0), encoded_datum(good, 1),
@@ -581,7 +581,7 @@ def test_crop_larger_than_the_image_and_bad_records(tmp_path, position_db):
     net = data_net(tmp_path, tmp_path / "bad", batch=2, phase="TEST")
     net.forward()                                     # records 0 and 1 are fine
     for _ in range(2):                                # the broken record fails every time
-        with pytest.raises(UserError, match=r"layer 'data'.*record '00000002' of .*bad: "
+        with pytest.raises(CaffeError, match=r"layer 'data'.*record '00000002' of .*bad: "
                                             r"cannot decode its image"):
             net.forward()
 
@@ -591,7 +591,7 @@ def test_leveldb_backend_on_an_lmdb_says_so(tmp_path, position_db):
 layer {{ name: "data" type: "Data" top: "data"
   data_param {{ source: "{position_db}" backend: LEVELDB batch_size: 4 }} }}
 """)
-    with pytest.raises(UserError, match=r"is an LMDB database: set backend: LMDB"):
+    with pytest.raises(CaffeError, match=r"is an LMDB database: set backend: LMDB"):
         caffe.Net(str(tmp_path / "n.prototxt"), caffe.TEST)
 
 

@@ -13,6 +13,7 @@ from label.image import EncodeSettings, decode_payload, encode_array
 from label.lmdb_writer import Record, build_lmdb, iter_lmdb, partial_path, publish, record_key
 from label.mean import compute_mean
 from label.resize import RESIZE_MODES, cv_resize_linear, resize_image
+from models.caffe import db
 from labelkit import image_bytes, lmdb_items
 
 
@@ -122,7 +123,7 @@ def test_resume_continues_after_the_last_commit_and_a_new_plan_starts_over(tmp_p
 
 
 def test_the_map_grows_when_full(tmp_path, monkeypatch):
-    monkeypatch.setattr(lmdb_writer, "INITIAL_MAP_SIZE", 64 << 10)
+    monkeypatch.setattr(db, "INITIAL_MAP_SIZE", 64 << 10)   # the runtime's LMDB writer
     records = _images(tmp_path, 12, fmt="PNG")
     build_lmdb(tmp_path / "db", records, EncodeSettings(64, 64, "squash", "raw"), plan="p",
                commit_every=5)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import models.caffe as caffe
-from deepselfie.errors import UserError
+from models.caffe.errors import CaffeError
 
 
 def net_from(tmp_path, text, phase=caffe.TEST, **kw):
@@ -80,9 +80,104 @@ def test_param_diffs_accumulate_until_cleared(tmp_path):
     assert not net.params["ip"][0].diff.any()
 
 
+def test_cleared_param_diff_is_one_buffer(tmp_path):
+    """Caffe's .diff is one buffer: an array taken before clear_param_diffs sees the zeros,
+    then what the next backward accumulates."""
+    net = net_from(tmp_path, BRANCHES)
+    rs = np.random.RandomState(2)
+    x, y = rs.randn(4, 3).astype(np.float32), rs.randn(4, 3).astype(np.float32)
+    net.forward(x=x, y=y)
+    net.backward()
+    view = net.params["ip"][0].diff
+    once = view.copy()
+    assert once.any()
+    net.clear_param_diffs()
+    assert not view.any()
+    net.forward(x=x, y=y)
+    net.backward()
+    np.testing.assert_allclose(view, once, rtol=1e-6)
+
+
+def test_blob_diff_is_one_buffer_across_backwards(tmp_path):
+    """On the CPU, a blob's .diff taken after one backward shows the next backward's values,
+    as Caffe's one diff buffer does."""
+    net = net_from(tmp_path, BRANCHES)
+    rs = np.random.RandomState(5)
+    x, y = rs.randn(4, 3).astype(np.float32), rs.randn(4, 3).astype(np.float32)
+    net.forward(x=x, y=y)
+    net.backward()
+    view = net.blobs["h"].diff
+    first = view.copy()
+    net.forward(x=x, y=2 * y)
+    net.backward()
+    assert not np.allclose(view, first)
+    np.testing.assert_array_equal(view, net.blobs["h"].diff)
+
+
+def test_diffs_backward_does_not_write_keep_their_values(tmp_path):
+    """Caffe's backward writes only the bottoms it propagates to, and runs each layer on what
+    its tops' diffs hold: a diff the user wrote where no layer propagates (the label y, the
+    Split top the Sigmoid reads, the Sigmoid's top) is still there after backward, and the
+    Split adds the one on its top into h, as Caffe's SplitLayer::Backward does."""
+    net = net_from(tmp_path, BRANCHES)
+    rs = np.random.RandomState(3)
+    x, y = rs.randn(4, 3).astype(np.float32), rs.randn(4, 3).astype(np.float32)
+    net.forward(x=x, y=y)
+    net.blobs["y"].diff[...] = 7.0
+    net.blobs["side"].diff[...] = 5.0
+    net.blobs["h_ip_0_split_1"].diff[...] = 3.0
+    net.backward()
+    assert (net.blobs["y"].diff == 7.0).all()
+    assert (net.blobs["side"].diff == 5.0).all()
+    assert (net.blobs["h_ip_0_split_1"].diff == 3.0).all()
+    h = net.blobs["h"].data
+    np.testing.assert_allclose(net.blobs["h"].diff, (h - y) / 4 + 3.0, rtol=1e-5, atol=1e-6)
+
+
+def test_backward_of_a_net_that_needs_none_is_a_no_op(tmp_path):
+    """As in Caffe (golden nets/argmax): nothing needs backward, so backward leaves every diff
+    as it is, even before any forward."""
+    net = net_from(tmp_path, """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 5 } } }
+layer { name: "am" type: "ArgMax" bottom: "x" top: "am" }
+""")
+    assert not any(net.layer_need_backward)
+    net.blobs["am"].diff[...] = 2.0
+    assert set(net.backward()) == {"x"}
+    net.forward(x=np.arange(10, dtype=np.float32).reshape(2, 5))
+    out = net.backward()
+    assert not out["x"].any()
+    assert (net.blobs["am"].diff == 2.0).all()
+
+
+def test_inplace_relu_dropout_chain_leaves_masked_gradient(tmp_path):
+    """VGG16's fc6 -> relu6 -> drop6 (in place, TEST) -> fc7: fc6's diff is what Caffe leaves
+    there, the gradient through the ReLU mask (4-D bottom, as pool5 is)."""
+    net = net_from(tmp_path, """
+force_backward: true
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 2 dim: 2 dim: 2 } } }
+layer { name: "fc6" type: "InnerProduct" bottom: "x" top: "fc6" inner_product_param { num_output: 7 weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }
+layer { name: "drop6" type: "Dropout" bottom: "fc6" top: "fc6" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "fc7" type: "InnerProduct" bottom: "fc6" top: "fc7" inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }
+""")
+    rs = np.random.RandomState(4)
+    x = rs.randn(3, 2, 2, 2).astype(np.float32)
+    w6, b6 = (p.data.copy() for p in net.params["fc6"])
+    w7 = net.params["fc7"][0].data.copy()
+    top = rs.randn(3, 4).astype(np.float32)
+    net.forward(x=x)
+    net.backward(fc7=top)
+    pre = x.reshape(3, -1) @ w6.T + b6
+    expect = (top @ w7) * (pre > 0)
+    assert expect.any() and not expect.all()
+    np.testing.assert_allclose(net.blobs["fc6"].data, np.maximum(pre, 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(net.blobs["fc6"].diff, expect, rtol=1e-4, atol=1e-5)
+
+
 def test_backward_without_forward_is_a_clear_error(tmp_path):
     net = net_from(tmp_path, BRANCHES)
-    with pytest.raises(UserError, match="needs a forward"):
+    with pytest.raises(CaffeError, match="needs a forward"):
         net.backward()
 
 
@@ -171,7 +266,7 @@ def test_fillers_follow_caffe_definitions():
     np.testing.assert_allclose(t[0, 0, 0].numpy(), [0.0625, 0.1875, 0.1875, 0.0625])
     t = fill((10, 1000), pb.FillerParameter(type="gaussian", std=1, sparse=2))  # p = 2 / 10
     assert 0.15 < (t != 0).float().mean().item() < 0.25
-    with pytest.raises(UserError, match="unknown filler"):
+    with pytest.raises(CaffeError, match="unknown filler"):
         fill((2,), pb.FillerParameter(type="nope"))
 
 
@@ -196,3 +291,11 @@ def test_datum_round_trip():
     np.testing.assert_array_equal(caffe.io.datum_to_array(d), arr)
     f = caffe.io.array_to_datum(arr.astype(np.float32) / 3)
     np.testing.assert_allclose(caffe.io.datum_to_array(f), arr / 3, rtol=1e-6)
+    import io
+
+    from PIL import Image
+    rgb = (np.arange(5 * 4 * 3) * 7 % 256).astype(np.uint8).reshape(5, 4, 3)
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, format="PNG")
+    e = caffe.proto.caffe_pb2.Datum(data=png.getvalue(), encoded=True, label=1)
+    np.testing.assert_array_equal(caffe.io.datum_to_array(e), rgb[:, :, ::-1].transpose(2, 0, 1))

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import models.caffe as caffe
-from deepselfie.errors import UserError
-from models.caffe import protoio
+from models.caffe import datum, protoio
+from models.caffe.errors import CaffeError
 from models.caffe.proto import build, caffe_pb2
 from models.caffe.upgrade import upgrade_net, upgrade_solver
 
@@ -45,7 +45,7 @@ def test_schema_numbers_are_caffes():
 def test_bad_prototxt_names_file_line_column_and_field(tmp_path):
     p = tmp_path / "bad.prototxt"
     p.write_text('name: "x"\nlayer {\n  name: "a"\n  typo_field: 3\n}\n')
-    with pytest.raises(UserError) as e:
+    with pytest.raises(CaffeError) as e:
         caffe.Net(str(p), caffe.TEST)
     msg = str(e.value)
     assert msg.startswith(f"{p}:4:3:") and "typo_field" in msg
@@ -53,11 +53,11 @@ def test_bad_prototxt_names_file_line_column_and_field(tmp_path):
 
 
 def test_missing_and_binary_files_are_one_line_errors(tmp_path, small):
-    with pytest.raises(UserError, match="file not found"):
+    with pytest.raises(CaffeError, match="file not found"):
         caffe.Net(str(tmp_path / "none.prototxt"), caffe.TEST)
     weights = tmp_path / "w.caffemodel"
     caffe.Net(str(small), caffe.TEST).save(weights)
-    with pytest.raises(UserError, match="not a text prototxt"):
+    with pytest.raises(CaffeError, match="not a text prototxt"):
         caffe.Net(str(weights), caffe.TEST)
 
 
@@ -68,16 +68,16 @@ def test_truncated_and_foreign_binaries_are_clear_errors(tmp_path, small):
     data = w.read_bytes()
     cut = tmp_path / "cut.caffemodel"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="truncated or foreign"):
+    with pytest.raises(CaffeError, match="truncated or foreign"):
         net.copy_from(str(cut))
     jpg = tmp_path / "photo.caffemodel"
     jpg.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40)
-    with pytest.raises(UserError) as e:
+    with pytest.raises(CaffeError) as e:
         net.copy_from(str(jpg))
     assert str(jpg) in str(e.value)
     empty = tmp_path / "empty.caffemodel"
     empty.write_bytes(b"")
-    with pytest.raises(UserError, match="empty file"):
+    with pytest.raises(CaffeError, match="empty file"):
         net.copy_from(str(empty))
 
 
@@ -85,14 +85,14 @@ def test_unknown_layer_type_names_layer_and_type(tmp_path):
     p = tmp_path / "n.prototxt"
     p.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }\n'
                  'layer { name: "weird" type: "Frobnicate" bottom: "x" top: "y" }\n')
-    with pytest.raises(UserError, match=r"layer 'weird'.*unknown layer type 'Frobnicate'"):
+    with pytest.raises(CaffeError, match=r"layer 'weird'.*unknown layer type 'Frobnicate'"):
         caffe.Net(str(p), caffe.TEST)
 
 
 def test_unknown_bottom_is_named(tmp_path):
     p = tmp_path / "n.prototxt"
     p.write_text('layer { name: "r" type: "ReLU" bottom: "nope" top: "y" }\n')
-    with pytest.raises(UserError, match="unknown bottom blob 'nope'"):
+    with pytest.raises(CaffeError, match="unknown bottom blob 'nope'"):
         caffe.Net(str(p), caffe.TEST)
 
 
@@ -128,7 +128,7 @@ def test_copy_from_skips_missing_layers_and_names_shape_mismatch(tmp_path, small
     np.testing.assert_array_equal(other.params["conv"][0].data, net.params["conv"][0].data)
     wide = tmp_path / "wide.prototxt"
     wide.write_text(SMALL.replace("num_output: 4", "num_output: 6"))
-    with pytest.raises(UserError) as e:
+    with pytest.raises(CaffeError) as e:
         caffe.Net(str(wide), str(w), caffe.TEST)
     msg = str(e.value)
     assert "'conv'" in msg and "(4, 3, 3, 3)" in msg and "(6, 3, 3, 3)" in msg
@@ -214,10 +214,31 @@ def test_mean_binaryproto_reads_as_array(tmp_path, golden):
     np.testing.assert_allclose(mean.reshape(expected.shape), expected, atol=1e-4)
 
 
+def test_mean_image_round_trip_as_compute_image_mean_writes_it(tmp_path, golden):
+    case = golden / "data" / "raw_meanfile_crop"
+    mean = protoio.read_mean_image(case / "mean.binaryproto")
+    assert mean.ndim == 3 and mean.dtype == np.float32
+    assert protoio.mean_image_bytes(mean) == (case / "mean.binaryproto").read_bytes()
+    flat = tmp_path / "flat.binaryproto"
+    protoio.write_binary(flat, protoio.array_to_blobproto(np.zeros((2, 6), np.float32)))
+    with pytest.raises(CaffeError, match=r"flat.binaryproto: holds a \(2, 6\) blob"):
+        protoio.read_mean_image(flat)
+
+
+def test_datum_codec_raw_encoded_and_corrupt():
+    raw = datum.decode_datum(datum.encode_datum(bytes(range(24)), 3, shape=(2, 3, 4)))
+    assert (raw.channels, raw.height, raw.width, raw.label, raw.encoded) == (2, 3, 4, 3, False)
+    assert raw.HasField("encoded") and raw.data == bytes(range(24))
+    enc = datum.decode_datum(datum.encode_datum(b"\xff\xd8jpeg", 1, encoded=True))
+    assert enc.encoded and not enc.HasField("channels") and enc.data == b"\xff\xd8jpeg"
+    with pytest.raises(ValueError, match="not a Datum"):
+        datum.decode_datum(b"\x0a\xff\xff\xff")
+
+
 def test_solver_type_upgrade():
     sp = protoio.parse_text("solver_type: NESTEROV base_lr: 0.1", caffe_pb2.SolverParameter())
     upgrade_solver(sp)
     assert sp.type == "Nesterov" and not sp.HasField("solver_type")
     both = protoio.parse_text('solver_type: ADAM type: "Adam"', caffe_pb2.SolverParameter())
-    with pytest.raises(UserError, match="both solver_type"):
+    with pytest.raises(CaffeError, match="both solver_type"):
         upgrade_solver(both)

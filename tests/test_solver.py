@@ -14,7 +14,7 @@ from golden import rel_err
 from models.caffe import lr_policy, protoio
 from models.caffe.proto import caffe_pb2
 from models.caffe.sgd_solvers import read_solverstate
-from deepselfie.errors import UserError
+from models.caffe.errors import CaffeError
 
 SOLVER_CASES = (sorted(p.name for p in (GOLDEN / "solvers").iterdir())
                 if (GOLDEN / "solvers").is_dir() else [])
@@ -179,7 +179,7 @@ def test_multistep_moves_one_step_per_iteration_like_caffe():
     ({}, "lr_policy"),
 ])
 def test_bad_lr_policy_is_a_user_error(bad, field):
-    with pytest.raises(UserError) as e:
+    with pytest.raises(CaffeError) as e:
         lr_policy.check(_param(**bad), "s.prototxt")
     assert field in str(e.value) and "s.prototxt" in str(e.value)
 
@@ -277,7 +277,7 @@ def test_legacy_solver_type_and_snapshot_prefix_default(in_dir):
     assert solver.param.snapshot_prefix == "legacy"
     (in_dir / "both.prototxt").write_text(
         'net: "net.prototxt" solver_type: ADAM type: "Adam" base_lr: 0.1 lr_policy: "fixed"\n')
-    with pytest.raises(UserError, match="solver_type"):
+    with pytest.raises(CaffeError, match="solver_type"):
         caffe.get_solver("both.prototxt")
 
 
@@ -375,7 +375,7 @@ def test_test_net_shares_the_trained_weights(in_dir):
 ])
 def test_bad_solver_file_is_one_user_error(in_dir, text, needle):
     path = _write_solver(in_dir, text + "\n")
-    with pytest.raises(UserError) as e:
+    with pytest.raises(CaffeError) as e:
         caffe.get_solver(str(path))
     assert needle in str(e.value) and "solver.prototxt" in str(e.value)
     assert "\n" not in str(e.value)
@@ -383,12 +383,12 @@ def test_bad_solver_file_is_one_user_error(in_dir, text, needle):
 
 def test_solver_without_net_and_with_test_iter_mismatch(in_dir):
     (in_dir / "s.prototxt").write_text('base_lr: 0.1 lr_policy: "fixed"\n')
-    with pytest.raises(UserError, match="no train net"):
+    with pytest.raises(CaffeError, match="no train net"):
         caffe.get_solver("s.prototxt")
     (in_dir / "net.prototxt").write_text(NET)
     (in_dir / "s.prototxt").write_text('train_net: "net.prototxt" test_net: "net.prototxt" '
                                        'base_lr: 0.1 lr_policy: "fixed" test_interval: 1\n')
-    with pytest.raises(UserError, match="test_iter"):
+    with pytest.raises(CaffeError, match="test_iter"):
         caffe.get_solver("s.prototxt")
 
 
@@ -398,16 +398,16 @@ def test_bad_solverstates_are_user_errors(in_dir):
     _run(adam, 0, 1)
     adam.snapshot()
     sgd = caffe.SGDSolver(str(path))
-    with pytest.raises(UserError, match="history blobs"):
+    with pytest.raises(CaffeError, match="history blobs"):
         sgd.restore("snaps/tiny_iter_1.solverstate")
     assert sgd.iter == 0                               # nothing half-restored
     (in_dir / "junk.solverstate").write_bytes(b"\xff\xfe not a proto")
-    with pytest.raises(UserError, match="junk.solverstate"):
+    with pytest.raises(CaffeError, match="junk.solverstate"):
         adam.restore("junk.solverstate")
     os.remove("snaps/tiny_iter_1.caffemodel")
-    with pytest.raises(UserError, match="learned_net"):
+    with pytest.raises(CaffeError, match="learned_net"):
         adam.restore("snaps/tiny_iter_1.solverstate")
-    with pytest.raises(UserError, match="HDF5"):
+    with pytest.raises(CaffeError, match="HDF5"):
         adam.restore("x.solverstate.h5")
 
 

@@ -2,7 +2,8 @@
 
 Each stage module registers its subcommands with ``register(subparsers, common)`` and gives each a
 ``func(args, cfg) -> int | None``. Stage modules import their heavy dependencies inside ``func`` so
-that ``deepselfie --help`` stays fast. A UserError ends in one line on stderr and exit code 2.
+that ``deepselfie --help`` stays fast. A UserError (or the runtime's CaffeError) ends in one line
+on stderr and exit code 2.
 
 Options that are settings are declared with ``settings.add_setting(parser, "--flag", key=...)``:
 main merges the flags given into the config (after the file and --set) before the command runs,
@@ -21,7 +22,8 @@ import logging
 from deepselfie import __version__
 from deepselfie.config import load_config
 from deepselfie.console import setup_logging
-from deepselfie.errors import UserError
+from deepselfie.errors import CaffeError, UserError
+from models.caffe.limits import set_max_blob_bytes
 
 from .settings import given_settings
 
@@ -119,10 +121,11 @@ def main(argv=None) -> int:
     prog = f"deepselfie {args.command}"
     try:
         cfg = config_for(args)
+        set_max_blob_bytes(cfg.runtime.max_blob_bytes)   # every net any command builds
         if getattr(args, "nets", None):
             apply_runtime(cfg, args.nets)
         rc = args.func(args, cfg)
-    except UserError as e:
+    except CaffeError as e:   # the runtime's, or the application's UserError
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -12,6 +12,8 @@ in when a command runs.
 """
 from __future__ import annotations
 
+from deepselfie.console import summary
+
 from . import ANY_ENGINE
 from .settings import add_setting, as_set_options
 
@@ -85,7 +87,7 @@ def run_train(args, cfg):
         sigint_effect=cfg.train.sigint_effect, sighup_effect=cfg.train.sighup_effect,
         level=args.level, stages=_stages(args.stage), default_device=cfg.runtime.device,
         metrics=cfg.train.metrics, curve_interval_s=cfg.train.curve_interval_s,
-        relaunch_argv=_relaunch_argv(args))
+        relaunch_argv=_relaunch_argv(args), report=summary)
     return result if isinstance(result, int) else 0
 
 
@@ -93,14 +95,15 @@ def run_test(args, cfg):
     from models.caffe.tool import test
     test(args.model, args.weights, args.iterations, gpu=args.gpu,
          fast=cfg.runtime.fast, level=args.level,
-         stages=_stages(args.stage), default_device=cfg.runtime.device)
+         stages=_stages(args.stage), default_device=cfg.runtime.device, report=summary)
     return 0
 
 
 def run_time(args, cfg):
     from models.caffe.tool import time_model
     time_model(args.model, args.iterations, gpu=args.gpu, fast=cfg.runtime.fast, level=args.level,
-               stages=_stages(args.stage), default_device=cfg.runtime.device)
+               stages=_stages(args.stage), default_device=cfg.runtime.device,
+               report=summary)
     return 0
 
 

@@ -190,7 +190,7 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
     solver_path = write_small_net_files(run_dir, data_dir / "train", max_iter=size.max_iter,
                                         test_interval=size.test_interval)
     train(str(solver_path), default_device=cfg.runtime.device, metrics=True,
-          curve_interval_s=5.0)
+          curve_interval_s=5.0, report=summary)
     weights = data_dir / "train" / f"selfie_small_iter_{size.max_iter}.caffemodel"
     timings["train"] = time.monotonic() - t0
 

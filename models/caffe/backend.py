@@ -9,8 +9,9 @@ project's engine. Real pycaffe is the top-level ``caffe`` module, where it is im
 from __future__ import annotations
 
 import importlib
+import pathlib
 
-from deepselfie.errors import UserError
+from .errors import CaffeError
 
 BACKENDS = ("torch", "caffe")
 _backend = "torch"
@@ -19,7 +20,7 @@ _backend = "torch"
 def set_backend(name: str) -> None:
     global _backend
     if name not in BACKENDS:
-        raise UserError(f"must be one of {', '.join(BACKENDS)}", path="backend", field=str(name))
+        raise CaffeError(f"must be one of {', '.join(BACKENDS)}", path="backend", field=str(name))
     if name == "caffe":
         real()                      # fail now, with a clear message, if it is not there
     _backend = name
@@ -33,7 +34,7 @@ def available() -> bool:
     try:
         real()
         return True
-    except UserError:
+    except CaffeError:
         return False
 
 
@@ -42,10 +43,29 @@ def real():
     try:
         mod = importlib.import_module("caffe")
     except ImportError as e:
-        raise UserError(f"real pycaffe is not importable ({e}); build BVLC Caffe's python "
-                        "module or use the torch backend", path="backend caffe") from None
+        raise CaffeError(f"real pycaffe is not importable ({e}); build BVLC Caffe's python "
+                         "module or use the torch backend", path="backend caffe") from None
     if not hasattr(mod, "Net") or not hasattr(mod, "get_solver"):
-        raise UserError("the importable `caffe` module is not real pycaffe (PyPI's 'caffe' "
-                        "is an empty placeholder); use the torch backend",
-                        path="backend caffe")
+        raise CaffeError("the importable `caffe` module is not real pycaffe (PyPI's 'caffe' "
+                         "is an empty placeholder); use the torch backend",
+                         path="backend caffe")
     return mod
+
+
+def real_net(network, *args, phase=None, weights=None, level=0, stages=None, device=None,
+             fast=None):
+    """The same net built by real pycaffe (``Net``'s arguments; ``device`` and ``fast`` are
+    this runtime's and do not apply). Real pycaffe reads nets from files only."""
+    from .pycaffe_args import net_arguments
+    from .proto import caffe_pb2
+    phase, weights = net_arguments(args, phase, weights)
+    if isinstance(network, caffe_pb2.NetParameter):
+        raise CaffeError("the caffe backend builds nets from files only", path="<net>")
+    if not pathlib.Path(network).is_file():
+        raise CaffeError("file not found", path=network)
+    kw = {"level": level}
+    if stages is not None:
+        kw["stages"] = list(stages)
+    if weights is not None:
+        kw["weights"] = str(weights)
+    return real().Net(str(network), phase, **kw)

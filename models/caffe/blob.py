@@ -11,8 +11,12 @@ placeholder of the right shape until then), so building a net allocates its para
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
+
+from .limits import check_blob_shape
 
 
 def _is_view_safe(t: torch.Tensor) -> bool:
@@ -20,7 +24,7 @@ def _is_view_safe(t: torch.Tensor) -> bool:
 
 
 class Blob:
-    __slots__ = ("_t", "_d", "_host", "_handed", "_host_diff", "device")
+    __slots__ = ("_t", "_d", "_host", "_handed", "_host_diff", "_diff_views", "device")
 
     def __init__(self, shape=(), device=None, tensor=None):
         self.device = torch.device(device or "cpu")
@@ -29,6 +33,7 @@ class Blob:
         self._host = None       # host copy of data handed out (device/bf16 tensors only)
         self._handed = None     # ... and what it held when handed out
         self._host_diff = None
+        self._diff_views = []   # weak references to the .diff arrays handed out (views of _d)
 
     # -------------------------------------------------------------- tensors (for the engine)
     @property
@@ -67,6 +72,7 @@ class Blob:
             else:
                 self._d = torch.zeros_like(self._t, dtype=torch.float32, requires_grad=False)
             self._host_diff = None
+            self._diff_views = []
         if self._host_diff is not None:
             self._push(self._d, self._host_diff)
             self._host_diff = None
@@ -75,6 +81,23 @@ class Blob:
     def set_diff(self, d: torch.Tensor):
         self._d = d
         self._host_diff = None
+        self._diff_views = []
+
+    @property
+    def diff_in_view(self) -> bool:
+        """Whether a ``.diff`` array handed out earlier (a view of the diff's buffer, on the
+        CPU in float32) is still alive: then the buffer must stay the one it shows."""
+        self._diff_views = [r for r in self._diff_views if r() is not None]
+        return bool(self._diff_views)
+
+    def take_diff(self, grad: torch.Tensor):
+        """Make ``grad`` the diff: copied into the buffer while an array handed out shows it
+        (one buffer, as Caffe's), else the diff simply becomes ``grad`` (no copy)."""
+        if self.diff_in_view and self._d.shape == grad.shape:
+            with torch.no_grad():
+                self._d.copy_(grad)
+        else:
+            self.set_diff(grad)
 
     @property
     def has_diff(self) -> bool:
@@ -82,9 +105,16 @@ class Blob:
         return self._d is not None and self._d.shape == self._t.shape
 
     def clear_diff(self):
-        """Zero the diff by dropping it (a leaf's ``.grad`` too): reading it gives new zeros,
-        and a backward can take autograd's gradient as the diff instead of adding it to zeros.
-        Keep no view of the old diff across this call; read ``.diff`` again."""
+        """Zero the diff. It is one buffer, as Caffe's: a ``.diff`` array taken earlier sees the
+        zeros (and what the next backward accumulates there). Where no such array is alive the
+        buffer is dropped instead (reading it gives new zeros), so that nothing is held and a
+        backward can take autograd's gradient as the diff without an addition."""
+        if self._host_diff is not None:
+            self._host_diff[...] = 0
+        if self._d is not None and self.diff_in_view:
+            with torch.no_grad():
+                self._d.zero_()
+            return
         self._d = None
         self._host_diff = None
         if self._t.is_leaf and self._t.grad is not None:
@@ -113,7 +143,10 @@ class Blob:
     def diff(self) -> np.ndarray:
         d = self.diff_tensor
         if _is_view_safe(d):
-            return d.detach().numpy()
+            arr = d.detach().numpy()
+            self._diff_views = [r for r in self._diff_views if r() is not None]
+            self._diff_views.append(weakref.ref(arr))
+            return arr
         self._host_diff = d.detach().float().cpu().numpy()
         return self._host_diff
 
@@ -143,6 +176,7 @@ class Blob:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         shape = tuple(int(s) for s in shape)
+        check_blob_shape(shape, field="blob reshape")
         if shape != self.shape:
             if self._t.requires_grad and self._t.is_leaf:    # an input the net differentiates
                 t = torch.zeros(shape, device=self.device, dtype=self._t.dtype)
@@ -150,7 +184,7 @@ class Blob:
             else:
                 t = torch.empty(shape, device="meta", dtype=self._t.dtype)
             self.set_tensor(t)
-            self._d = None
+            self.set_diff(None)
 
     def __repr__(self):
         return f"Blob{self.shape}"

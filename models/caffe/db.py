@@ -1,5 +1,5 @@
 """Caffe's record databases: LMDB (and LevelDB through plyvel), read the way Caffe's data layers
-read them, and a small LMDB writer.
+read them, and Caffe's LMDB writer (``LMDBWriter``; ``write_lmdb`` for a whole database at once).
 
 ``open_db(source, backend, where)`` checks the database (it exists, it is one, it holds records)
 and returns a reader: ``len(reader)``; ``reader.first()``, the first value (Caffe shapes the
@@ -16,9 +16,8 @@ import threading
 import weakref
 from typing import Iterable, Iterator
 
-from deepselfie.errors import UserError
-
 from . import glog
+from .errors import CaffeError
 
 LMDB, LEVELDB = "lmdb", "leveldb"
 
@@ -39,7 +38,7 @@ class _Reader:
         self.where = where
 
     def error(self, message):
-        return UserError(message, path=self.path, field=self.where)
+        return CaffeError(message, path=self.path, field=self.where)
 
     def _check_dir(self):
         if not self.path.exists():
@@ -175,32 +174,92 @@ class LevelDBReader(_Reader):
             yield from it
 
 
-def write_lmdb(path, records: Iterable[tuple[bytes, bytes]], map_size: int | None = None) -> int:
-    """Write (key, value) records into a new LMDB at ``path`` (Caffe's layout: a directory with
-    data.mdb). Written into ``path.tmp`` and renamed when complete, so a reader never sees half a
-    database. Returns the number of records."""
-    import shutil
+INITIAL_MAP_SIZE = 64 << 20
 
-    import lmdb
+
+class LMDBWriter:
+    """Writes an LMDB as Caffe's db_lmdb.cpp does: each batch of puts in one transaction, and a
+    map that doubles when full. Opening an existing database continues it (``committed`` says
+    how far it got); ``close`` syncs it to disk."""
+
+    def __init__(self, path, map_size: int | None = None):
+        import lmdb
+        self._lmdb = lmdb
+        map_size = map_size or INITIAL_MAP_SIZE
+        path = pathlib.Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        data = path / "data.mdb"
+        while data.exists() and map_size < 2 * data.stat().st_size:
+            map_size *= 2
+        self.env = lmdb.open(str(path), map_size=map_size, subdir=True, readahead=False,
+                             meminit=False)
+
+    def committed(self) -> tuple[int, bytes | None]:
+        """(number of records, last key) already in the database."""
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            last = cur.key() if cur.last() else None
+            return txn.stat()["entries"], last
+
+    def put(self, batch) -> None:
+        """Commit (key, value) pairs in one transaction, doubling the map while it is too small."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for key, value in batch:
+                        txn.put(key, value)
+                return
+            except self._lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def close(self) -> None:
+        try:
+            self.env.sync(True)
+        finally:
+            self.env.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_lmdb(path, records: Iterable[tuple[bytes, bytes]], map_size: int | None = None,
+               commit_every: int = 1000) -> int:
+    """Write (key, value) records into a new LMDB at ``path`` (Caffe's layout: a directory with
+    data.mdb), ``commit_every`` per transaction (convert_imageset's 1000). Written into
+    ``path.tmp`` and renamed when complete, so a reader never sees half a database. Returns the
+    number of records."""
+    import shutil
     path = pathlib.Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    env = lmdb.open(str(tmp), map_size=map_size or 1 << 40, subdir=True, meminit=False)
-    n = 0
-    try:
-        txn = env.begin(write=True)
-        for key, value in records:
-            txn.put(key, value)
-            n += 1
-            if n % 1000 == 0:
-                txn.commit()
-                txn = env.begin(write=True)
-        txn.commit()
-        env.sync()
-    finally:
-        env.close()
+    n, batch = 0, []
+    with LMDBWriter(tmp, map_size) as writer:
+        for item in records:
+            batch.append(item)
+            if len(batch) >= commit_every:
+                writer.put(batch)
+                n, batch = n + len(batch), []
+        writer.put(batch)
+        n += len(batch)
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
     return n
+
+
+def iter_lmdb(path) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of every record of the LMDB at ``path``, in key order, in one read
+    transaction: for reading a whole database once (as compute_image_mean does)."""
+    import lmdb
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)
+    except lmdb.Error as e:
+        raise CaffeError(f"cannot open as LMDB ({e})", path=path) from None
+    try:
+        with env.begin() as txn:
+            yield from txn.cursor().iternext(keys=True, values=True)
+    finally:
+        env.close()

@@ -16,9 +16,8 @@ import math
 import numpy as np
 import torch
 
-from deepselfie.errors import UserError
-
 from . import rng
+from .errors import CaffeError
 from .proto import caffe_pb2
 
 FP = caffe_pb2.FillerParameter
@@ -68,7 +67,7 @@ def fill(shape, param: caffe_pb2.FillerParameter | None, device="cpu",
     p = param if param is not None else FP()
     kind = p.type
     if kind == "gaussian" and p.sparse >= 0 and (len(shape) < 1 or shape[0] == 0):
-        raise UserError("sparse gaussian needs a blob with a first axis", path=where)
+        raise CaffeError("sparse gaussian needs a blob with a first axis", path=where)
     if rng.seeded() and kind in ("uniform", "gaussian", "positive_unitball", "xavier", "msra"):
         values = _caffe_draws(kind, shape, p, math.prod(shape))
         return torch.from_numpy(values.reshape(shape)).to(device)
@@ -94,7 +93,7 @@ def fill(shape, param: caffe_pb2.FillerParameter | None, device="cpu",
         t.normal_(0.0, math.sqrt(2.0 / float(_fan(shape, p.variance_norm))))
     elif kind == "bilinear":
         if len(shape) != 4 or shape[2] != shape[3]:
-            raise UserError(f"bilinear needs a square 4-D kernel, got {shape}", path=where)
+            raise CaffeError(f"bilinear needs a square 4-D kernel, got {shape}", path=where)
         k = shape[3]
         f = math.ceil(k / 2.0)
         c = (2 * f - 1 - f % 2) / (2.0 * f)
@@ -103,6 +102,6 @@ def fill(shape, param: caffe_pb2.FillerParameter | None, device="cpu",
         y = (idx // k) % shape[2]
         t = ((1 - (x / f - c).abs()) * (1 - (y / f - c).abs())).float().view(shape)
     else:
-        raise UserError(f"unknown filler type {kind!r} (constant, uniform, gaussian, "
-                        "positive_unitball, xavier, msra, bilinear)", path=where)
+        raise CaffeError(f"unknown filler type {kind!r} (constant, uniform, gaussian, "
+                         "positive_unitball, xavier, msra, bilinear)", path=where)
     return t.to(device)

@@ -6,14 +6,12 @@ and back.
 """
 from __future__ import annotations
 
-import io as _io
-
 import numpy as np
 
-from deepselfie.errors import UserError
-
-from .protoio import array_to_blobproto, blobproto_to_array  # noqa: F401
+from .datum import datum_pixels
+from .errors import CaffeError
 from .proto import caffe_pb2
+from .protoio import array_to_blobproto, blobproto_to_array  # noqa: F401
 
 
 def load_image(filename, color=True) -> np.ndarray:
@@ -24,9 +22,9 @@ def load_image(filename, color=True) -> np.ndarray:
             im.load()
             im = im.convert("RGB" if color else "L")
     except FileNotFoundError:
-        raise UserError("file not found", path=filename) from None
+        raise CaffeError("file not found", path=filename) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"not a readable image ({e})", path=filename) from None
+        raise CaffeError(f"not a readable image ({e})", path=filename) from None
     arr = np.asarray(im, dtype=np.float32) / 255.0
     return arr if color else arr[:, :, None]
 
@@ -144,26 +142,8 @@ class Transformer:
 
 def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
     """A Datum as C x H x W: uint8 for raw bytes, float32 for float_data; an encoded Datum is
-    decoded (to BGR, as Caffe's OpenCV decoding gives)."""
-    if datum.encoded:
-        from PIL import Image
-        from .cvimage import ImageDecodeError, check_pixels
-        try:
-            im = Image.open(_io.BytesIO(datum.data))
-        except Image.DecompressionBombError as e:
-            raise ImageDecodeError(str(e)) from None
-        with im:
-            check_pixels(*im.size)
-            im.load()
-            gray = im.mode in ("L", "I;16", "I", "1") and datum.channels == 1
-            arr = np.asarray(im.convert("L" if gray else "RGB"))
-        if arr.ndim == 2:
-            return arr[None]
-        return arr[:, :, ::-1].transpose(2, 0, 1).copy()
-    shape = (datum.channels, datum.height, datum.width)
-    if len(datum.data):
-        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
-    return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+    decoded (to BGR, with the file's own channels, as Caffe's DecodeDatumToCVMatNative)."""
+    return np.array(datum_pixels(datum))
 
 
 def array_to_datum(arr, label=None) -> caffe_pb2.Datum:

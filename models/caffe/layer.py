@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import torch
 
-from deepselfie.errors import UserError
-
 from .blob import Blob
+from .errors import CaffeError
 from .filler import fill
+from .limits import check_blob_shape
 
 LAYERS: dict[str, type] = {}
 
@@ -48,8 +48,8 @@ def layer_type_list() -> list[str]:
 def create_layer(lp, phase, device, source="<net>"):
     cls = LAYERS.get(lp.type)
     if cls is None:
-        raise UserError(f"unknown layer type {lp.type!r}", path=source,
-                        field=f"layer {lp.name!r}")
+        raise CaffeError(f"unknown layer type {lp.type!r}", path=source,
+                         field=f"layer {lp.name!r}")
     return cls(lp, phase, device, source)
 
 
@@ -76,12 +76,18 @@ class Layer:
 
     # -- helpers for subclasses
     def error(self, message, field=None):
-        """A UserError naming the prototxt, this layer and (optionally) the field."""
+        """A CaffeError naming the prototxt, this layer and (optionally) the field."""
         where = f"layer {self.name!r} ({self.type})" + (f": {field}" if field else "")
-        return UserError(message, path=self.source, field=where)
+        return CaffeError(message, path=self.source, field=where)
+
+    def check_shape(self, shape, what):
+        """Refuse a blob of ``shape`` (this layer's ``what``) over the size limit (limits.py)."""
+        check_blob_shape(shape, path=self.source, field=f"layer {self.name!r} ({self.type}): "
+                                                        f"{what}")
 
     def add_param(self, shape, filler=None, what="blob"):
         """Append a learnable blob of ``shape`` filled by ``filler`` (a FillerParameter)."""
+        self.check_shape(shape, what)
         t = fill(shape, filler, self.device, where=f"{self.source}: layer {self.name!r} {what}")
         self.blobs.append(Blob(device=self.device, tensor=t))
         return self.blobs[-1]

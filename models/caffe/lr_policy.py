@@ -17,9 +17,8 @@ import math
 
 import numpy as np
 
-from deepselfie.errors import UserError
-
 from . import glog
+from .errors import CaffeError
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
@@ -30,14 +29,14 @@ def check(param, source="<solver>") -> None:
     """Refuse a policy Caffe would stop on (it checks lazily, at the first step; we check first)."""
     policy = param.lr_policy
     if policy not in POLICIES:
-        raise UserError(f"unknown learning rate policy {policy!r} (known: {', '.join(POLICIES)})",
-                        path=source, field="lr_policy")
+        raise CaffeError(f"unknown learning rate policy {policy!r} (known: {', '.join(POLICIES)})",
+                         path=source, field="lr_policy")
     if policy in ("step", "sigmoid") and param.stepsize <= 0:
-        raise UserError(f"lr_policy {policy!r} needs stepsize > 0", path=source, field="stepsize")
+        raise CaffeError(f"lr_policy {policy!r} needs stepsize > 0", path=source, field="stepsize")
     if policy in ("step", "exp", "inv", "multistep", "sigmoid") and param.gamma < 0:
-        raise UserError(f"lr_policy {policy!r} needs gamma >= 0", path=source, field="gamma")
+        raise CaffeError(f"lr_policy {policy!r} needs gamma >= 0", path=source, field="gamma")
     if policy == "poly" and param.max_iter <= 0:
-        raise UserError("lr_policy 'poly' needs max_iter > 0", path=source, field="max_iter")
+        raise CaffeError("lr_policy 'poly' needs max_iter > 0", path=source, field="max_iter")
 
 
 def _pow(a, b) -> float:
@@ -81,5 +80,5 @@ def learning_rate(param, it: int, current_step: int) -> tuple[float, int]:
         rate = base_lr * (f32(1) / (f32(1) + f32(_exp(-gamma * (f32(it) -
                                                                      f32(param.stepsize))))))
     else:
-        raise UserError(f"unknown learning rate policy {policy!r}", field="lr_policy")
+        raise CaffeError(f"unknown learning rate policy {policy!r}", field="lr_policy")
     return float(f32(rate)), current_step

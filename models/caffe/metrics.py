@@ -11,7 +11,7 @@ import json
 import pathlib
 import time
 
-from deepselfie.files import atomic_path, atomic_write
+from .atomic import atomic_path, atomic_write
 
 
 class TrainingMonitor:

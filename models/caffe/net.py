@@ -1,144 +1,39 @@
 """Net: a Caffe network built from a prototxt and run with Caffe's semantics on torch.
 
-Construction follows Caffe's Net::Init step by step: upgrade old formats, filter layers by the
-NetState (phase, level, stages), insert Split layers for blobs with several consumers (with
-Caffe's names, e.g. ``x_pre_0_split_1``), create each layer, wire in-place tops, decide which
-layers and bottoms need backward (loss reachability, ``propagate_down``, ``force_backward``), and
-share parameters by ParamSpec name.
+Construction follows Caffe's Net::Init: the NetParameter is upgraded, filtered by the NetState
+and given its Split layers (net_param.py); then each layer is created, its bottoms and tops
+wired (in-place tops included), set up (parameters, top shapes, loss weights), and the net
+decides which layers and bottoms need backward (loss reachability, ``propagate_down``,
+``force_backward``) and shares parameters by ParamSpec name. pycaffe's call forms are read in
+pycaffe_args.py; with the "caffe" backend, ``Net(...)`` is real pycaffe's (backend.py).
 
 Forward runs each layer's torch code; backward is torch autograd seeded with the diffs Caffe would
-use (the output blobs' diffs: loss weights on losses, whatever the user wrote elsewhere). Each
-blob's diff after backward is the gradient with respect to the value its producing layer wrote,
-which is what Caffe leaves there (in-place chains included); parameter diffs accumulate until
-cleared, as in Caffe.
+use (the outputs' diffs: loss weights on losses, whatever the user wrote elsewhere; and the diffs
+of tops no later layer writes). Each blob's diff after backward is the gradient with respect to
+the value its producing layer wrote, which is what Caffe leaves there (in-place chains included);
+a diff that Caffe's backward does not write keeps its value; parameter diffs accumulate in their
+buffers until cleared, as in Caffe.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
-import pathlib
 
 import numpy as np
 import torch
 
-from deepselfie.errors import UserError
-
-from . import glog, protoio, state
+from . import backend, glog, protoio, state
+from . import layers as _layers  # noqa: F401  (registers every layer type)
 from .blob import Blob
+from .errors import CaffeError
 from .layer import Layer, create_layer
+from .net_param import filter_net, insert_splits, load_net_param
 from .proto import caffe_pb2
+from .pycaffe_args import net_arguments
 from .upgrade import upgrade_net
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
-
-# ---------------------------------------------------------------- net-level transforms
-
-def state_meets_rule(st: caffe_pb2.NetState, rule: caffe_pb2.NetStateRule) -> bool:
-    if rule.HasField("phase") and rule.phase != st.phase:
-        return False
-    if rule.HasField("min_level") and st.level < rule.min_level:
-        return False
-    if rule.HasField("max_level") and st.level > rule.max_level:
-        return False
-    if any(s not in st.stage for s in rule.stage):
-        return False
-    if any(s in st.stage for s in rule.not_stage):
-        return False
-    return True
-
-
-def filter_net(net: caffe_pb2.NetParameter, source="<net>") -> caffe_pb2.NetParameter:
-    """The layers that the net's state includes (Caffe's FilterNet)."""
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net)
-    del out.layer[:]
-    for lp in net.layer:
-        if len(lp.include) and len(lp.exclude):
-            raise UserError("specifies both include and exclude rules; use one",
-                            path=source, field=f"layer {lp.name!r}")
-        included = len(lp.include) == 0
-        if included and any(state_meets_rule(net.state, r) for r in lp.exclude):
-            included = False
-        if not included and any(state_meets_rule(net.state, r) for r in lp.include):
-            included = True
-        if included:
-            out.layer.add().CopyFrom(lp)
-        elif glog.enabled():
-            for r in lp.include:
-                if r.HasField("phase") and r.phase != net.state.phase:
-                    glog.info("net.cpp:296", f"The NetState phase ({net.state.phase}) differed "
-                              f"from the phase ({r.phase}) specified by a rule in layer {lp.name}")
-    return out
-
-
-def insert_splits(net: caffe_pb2.NetParameter, source="<net>") -> caffe_pb2.NetParameter:
-    """Give every consumer of a multiply-consumed top its own copy (Caffe's InsertSplits)."""
-    last_top = {}                        # blob name -> (layer index, top index)
-    bottom_source = {}                   # (layer, bottom) -> (layer, top)
-    consumers = collections.Counter()    # (layer, top) -> number of consumers
-    loss_weight = {}
-    for i, lp in enumerate(net.layer):
-        for j, name in enumerate(lp.bottom):
-            if name not in last_top:
-                raise UserError(f"unknown bottom blob {name!r} (bottom index {j})",
-                                path=source, field=f"layer {lp.name!r}")
-            bottom_source[i, j] = last_top[name]
-            consumers[last_top[name]] += 1
-        for j, name in enumerate(lp.top):
-            last_top[name] = (i, j)
-        for j in range(min(len(lp.loss_weight), len(lp.top))):
-            src = last_top[lp.top[j]]
-            loss_weight[src] = lp.loss_weight[j]
-            if lp.loss_weight[j]:
-                consumers[src] += 1
-
-    def split_blob(layer_name, blob, j, k):
-        return f"{blob}_{layer_name}_{j}_split_{k}"
-
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(net)
-    del out.layer[:]
-    next_split = collections.Counter()
-    for i, lp in enumerate(net.layer):
-        new = out.layer.add()
-        new.CopyFrom(lp)
-        for j in range(len(new.bottom)):
-            src = bottom_source[i, j]
-            if consumers[src] > 1:
-                owner = net.layer[src[0]].name
-                new.bottom[j] = split_blob(owner, new.bottom[j], src[1], next_split[src])
-                next_split[src] += 1
-        for j, name in enumerate(lp.top):
-            n = consumers[i, j]
-            if n > 1:
-                w = loss_weight.get((i, j), 0.0)
-                split = out.layer.add(name=f"{name}_{lp.name}_{j}_split", type="Split")
-                split.bottom.append(name)
-                for k in range(n):
-                    split.top.append(split_blob(lp.name, name, j, k))
-                    if w:
-                        split.loss_weight.append(w if k == 0 else 0.0)
-                if w:
-                    new.ClearField("loss_weight")
-                    next_split[i, j] += 1
-    return out
-
-
-def load_net_param(network, source=None) -> tuple[caffe_pb2.NetParameter, str]:
-    """A prototxt path (or a NetParameter / prototxt text) -> (upgraded NetParameter, source)."""
-    if isinstance(network, caffe_pb2.NetParameter):
-        param = caffe_pb2.NetParameter()
-        param.CopyFrom(network)
-        source = source or f"<net {param.name or 'unnamed'}>"
-    else:
-        path = pathlib.Path(network)
-        param = protoio.read_prototxt(path, caffe_pb2.NetParameter)
-        source = str(path)
-    return upgrade_net(param, source), source
-
-
-# ---------------------------------------------------------------- the net
 
 class Net:
     """A Caffe net. ``Net(prototxt, phase)``, ``Net(prototxt, weights, phase)`` or
@@ -146,21 +41,13 @@ class Net:
     ``fast`` pick the device and fast mode (default: the global mode)."""
 
     def __new__(cls, network=None, *args, **kwargs):
-        from . import backend
-        if backend.backend() == "caffe" and cls is Net:
-            return _real_net(backend.real(), network, *args, **kwargs)
+        if cls is Net and backend.backend() == "caffe":
+            return backend.real_net(network, *args, **kwargs)
         return super().__new__(cls)
 
     def __init__(self, network, *args, phase=None, weights=None, level=0, stages=None,
                  device=None, fast=None):
-        if len(args) == 1:
-            phase = args[0]
-        elif len(args) == 2:
-            weights, phase = args
-        elif len(args) > 2:
-            raise TypeError("Net(network, [weights,] phase)")
-        if phase not in (TRAIN, TEST):
-            raise TypeError("Net needs a phase: caffe.TRAIN or caffe.TEST")
+        phase, weights = net_arguments(args, phase, weights)
         self.device = torch.device(device) if device is not None else state.device()
         self.fast = state.fast() if fast is None else bool(fast)
         if self.device.type == "cuda":
@@ -179,20 +66,17 @@ class Net:
 
     # ------------------------------------------------------------ construction
     def _build(self, param):
-        src = self.source
-        filtered = filter_net(param, src)
-        net = insert_splits(filtered, src)
+        """Caffe's Net::Init: prepare the NetParameter, then for each layer create it, wire its
+        bottoms and tops, set it up (parameters, top shapes, loss weights) and note what needs
+        backward; then decide backward for the whole net."""
+        net = insert_splits(filter_net(param, self.source), self.source)
         self.name = net.name
         self.force_backward = net.force_backward
         self._param = net
-        self.layers = []
-        self._layer_names = []
+        self.layers, self._layer_names = [], []
         self.bottom_ids, self.top_ids = [], []
         self._blobs: list[Blob] = []
         self._blob_names: list[str] = []
-        blob_index: dict[str, int] = {}
-        available: set[str] = set()
-        blob_need_backward: list[bool] = []
         self.bottom_need_backward: list[list[bool]] = []
         self.layer_need_backward: list[bool] = []
         self.loss_weights: dict[int, float] = {}   # blob id -> loss weight
@@ -200,122 +84,146 @@ class Net:
         self.creates_top: list[list[bool]] = []     # False where the top is in-place
         self.param_specs = []                       # per layer: list of (lr_mult, decay_mult)
         self._param_owner: dict[str, tuple] = {}    # shared param name -> (layer, index)
-        memory = 0
-        writer: dict[int, Layer] = {}               # blob id -> the layer that last wrote it
-
+        wiring = _Wiring()
         for li, lp in enumerate(net.layer):
-            if not lp.HasField("phase"):
-                lp.phase = self.phase
-            if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
-                raise UserError(f"propagate_down has {len(lp.propagate_down)} values for "
-                                f"{len(lp.bottom)} bottoms", path=src, field=f"layer {lp.name!r}")
-            layer = create_layer(lp, self.phase, self.device, src)
-            lo, hi = layer.bottoms
-            if len(lp.bottom) < lo or (hi is not None and len(lp.bottom) > hi):
-                raise layer.error(f"takes {_count_range(lo, hi)} bottom blob(s), "
-                                  f"got {len(lp.bottom)}")
-            lo, hi = layer.tops
-            if len(lp.top) < lo or (hi is not None and len(lp.top) > hi):
-                raise layer.error(f"takes {_count_range(lo, hi)} top blob(s), got {len(lp.top)}")
-            glog.info("net.cpp:86", f"Creating Layer {lp.name}")
-            self.layers.append(layer)
-            self._layer_names.append(lp.name)
-
-            need_backward = False
-            b_ids, b_need = [], []
-            for j, name in enumerate(lp.bottom):
-                if name not in available:
-                    raise UserError(f"unknown bottom blob {name!r} (bottom index {j})",
-                                    path=src, field=f"layer {lp.name!r}")
-                bid = blob_index[name]
-                glog.info("net.cpp:408", f"{lp.name} <- {name}")
-                b_ids.append(bid)
-                available.discard(name)
-                nb = blob_need_backward[bid]
-                if len(lp.propagate_down):
-                    nb = bool(lp.propagate_down[j])
-                b_need.append(nb)
-                need_backward |= blob_need_backward[bid]
-            t_ids, creates = [], []
-            for j, name in enumerate(lp.top):
-                if j < len(lp.bottom) and lp.bottom[j] == name:
-                    glog.info("net.cpp:369", f"{lp.name} -> {name} (in-place)")
-                    t_ids.append(blob_index[name])
-                    creates.append(False)
-                elif name in blob_index:
-                    raise UserError(f"top blob {name!r} is produced by more than one layer",
-                                    path=src, field=f"layer {lp.name!r}")
-                else:
-                    glog.info("net.cpp:382", f"{lp.name} -> {name}")
-                    blob_index[name] = len(self._blobs)
-                    t_ids.append(len(self._blobs))
-                    self._blobs.append(Blob(device=self.device))
-                    self._blob_names.append(name)
-                    blob_need_backward.append(False)
-                    creates.append(True)
-                    if lp.type == "Input":
-                        self.input_ids.append(blob_index[name])
-                available.add(name)
-            self.bottom_ids.append(b_ids)
-            self.top_ids.append(t_ids)
-            self.creates_top.append(creates)
-            if layer.inplace_capable and creates and not any(creates):
-                layer.inplace = all(writer[t].top_reusable for t in t_ids)
-            for tid in t_ids:
-                writer[tid] = layer
-
-            # set up: parameters, then top shapes
-            bottoms = [self._blobs[b].shaped for b in b_ids]
-            layer.setup(bottoms)
-            glog.info("net.cpp:124", f"Setting up {lp.name}")
-            shapes = self._top_shapes(layer, bottoms)
-            for j, (tid, shape) in enumerate(zip(t_ids, shapes)):
-                blob = self._blobs[tid]
-                if layer.is_source:
-                    blob.set_tensor(torch.zeros(shape, device=self.device))
-                else:
-                    blob.reshape(shape)
-                w = lp.loss_weight[j] if j < len(lp.loss_weight) else (
-                    1.0 if layer.is_loss and j == 0 else 0.0)
-                if w:
-                    self.loss_weights[tid] = float(w)
-                    blob.diff_tensor.fill_(w)
-                glog.info("net.cpp:131", f"Top shape: {_shape_str(shape)}")
-                if w:
-                    glog.info("net.cpp:134", f"    with loss weight {w:g}")
-                memory += int(np.prod(shape)) if len(shape) else 1
-            glog.info("net.cpp:139", f"Memory required for data: {4 * memory}")
-
-            # parameters: lr/decay multipliers, sharing, which need gradients
-            specs = []
-            for pi in range(len(layer.blobs)):
-                spec = lp.param[pi] if pi < len(lp.param) else caffe_pb2.ParamSpec()
-                lr, decay = spec.lr_mult, spec.decay_mult
-                if getattr(layer, "frozen_params", False):
-                    lr, decay = 0.0, 0.0
-                need_backward |= spec.lr_mult != 0
-                if spec.name:
-                    owner = self._param_owner.get(spec.name)
-                    if owner is None:
-                        self._param_owner[spec.name] = (li, pi)
-                    else:
-                        self._share_param(layer, pi, spec, owner)
-                specs.append((lr, decay))
-            self.param_specs.append(specs)
+            layer = self._create_layer(lp)
+            b_ids, b_need, need_backward = self._wire_bottoms(lp, wiring)
+            t_ids = self._wire_tops(lp, layer, wiring)
+            self._set_up(lp, layer, b_ids, t_ids, wiring)
+            need_backward |= self._set_up_params(li, lp, layer)
             self.bottom_need_backward.append(b_need)
             self.layer_need_backward.append(need_backward)
             if need_backward:
                 for tid in t_ids:
-                    blob_need_backward[tid] = True
-
-        self._resolve_backward(blob_need_backward)
-        self._output_ids = [blob_index[n] for n in sorted(available)]
+                    wiring.blob_need_backward[tid] = True
+        self._resolve_backward(wiring.blob_need_backward)
+        self._output_ids = [wiring.blob_index[n] for n in sorted(wiring.available)]
         self._set_param_grads()
         if self.fast:
             self._to_fast_storage()
         for i in self._output_ids:
             glog.info("net.cpp:244", f"This network produces output {self._blob_names[i]}")
         glog.info("net.cpp:257", "Network initialization done.")
+
+    def _create_layer(self, lp) -> Layer:
+        """The layer object for ``lp``, its bottom and top counts checked."""
+        if not lp.HasField("phase"):
+            lp.phase = self.phase
+        if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+            raise CaffeError(f"propagate_down has {len(lp.propagate_down)} values for "
+                             f"{len(lp.bottom)} bottoms", path=self.source,
+                             field=f"layer {lp.name!r}")
+        layer = create_layer(lp, self.phase, self.device, self.source)
+        lo, hi = layer.bottoms
+        if len(lp.bottom) < lo or (hi is not None and len(lp.bottom) > hi):
+            raise layer.error(f"takes {_count_range(lo, hi)} bottom blob(s), "
+                              f"got {len(lp.bottom)}")
+        lo, hi = layer.tops
+        if len(lp.top) < lo or (hi is not None and len(lp.top) > hi):
+            raise layer.error(f"takes {_count_range(lo, hi)} top blob(s), got {len(lp.top)}")
+        glog.info("net.cpp:86", f"Creating Layer {lp.name}")
+        self.layers.append(layer)
+        self._layer_names.append(lp.name)
+        return layer
+
+    def _wire_bottoms(self, lp, wiring):
+        """Bottom blob ids, whether each needs backward (``propagate_down`` decides where
+        given), and whether any of them makes the layer need backward."""
+        need_backward = False
+        b_ids, b_need = [], []
+        for j, name in enumerate(lp.bottom):
+            if name not in wiring.available:
+                raise CaffeError(f"unknown bottom blob {name!r} (bottom index {j})",
+                                 path=self.source, field=f"layer {lp.name!r}")
+            bid = wiring.blob_index[name]
+            glog.info("net.cpp:408", f"{lp.name} <- {name}")
+            b_ids.append(bid)
+            wiring.available.discard(name)
+            nb = wiring.blob_need_backward[bid]
+            if len(lp.propagate_down):
+                nb = bool(lp.propagate_down[j])
+            b_need.append(nb)
+            need_backward |= wiring.blob_need_backward[bid]
+        self.bottom_ids.append(b_ids)
+        return b_ids, b_need, need_backward
+
+    def _wire_tops(self, lp, layer, wiring) -> list[int]:
+        """Top blob ids: a new blob per top, or the bottom's blob for an in-place top (and the
+        layer computes in place where it can and its input's writer allows)."""
+        t_ids, creates = [], []
+        for j, name in enumerate(lp.top):
+            if j < len(lp.bottom) and lp.bottom[j] == name:
+                glog.info("net.cpp:369", f"{lp.name} -> {name} (in-place)")
+                t_ids.append(wiring.blob_index[name])
+                creates.append(False)
+            elif name in wiring.blob_index:
+                raise CaffeError(f"top blob {name!r} is produced by more than one layer",
+                                 path=self.source, field=f"layer {lp.name!r}")
+            else:
+                glog.info("net.cpp:382", f"{lp.name} -> {name}")
+                wiring.blob_index[name] = len(self._blobs)
+                t_ids.append(len(self._blobs))
+                self._blobs.append(Blob(device=self.device))
+                self._blob_names.append(name)
+                wiring.blob_need_backward.append(False)
+                creates.append(True)
+                if lp.type == "Input":
+                    self.input_ids.append(wiring.blob_index[name])
+            wiring.available.add(name)
+        self.top_ids.append(t_ids)
+        self.creates_top.append(creates)
+        if layer.inplace_capable and creates and not any(creates):
+            layer.inplace = all(wiring.writer[t].top_reusable for t in t_ids)
+        for tid in t_ids:
+            wiring.writer[tid] = layer
+        return t_ids
+
+    def _set_up(self, lp, layer, b_ids, t_ids, wiring):
+        """Layer setup (its parameters), then the tops' shapes and loss weights (a loss
+        weight is also the top's initial diff, as in Caffe)."""
+        bottoms = [self._blobs[b].shaped for b in b_ids]
+        layer.setup(bottoms)
+        glog.info("net.cpp:124", f"Setting up {lp.name}")
+        shapes = self._top_shapes(layer, bottoms)
+        for tid, shape in zip(t_ids, shapes):     # refused before anything is allocated
+            layer.check_shape(shape, f"top {self._blob_names[tid]!r}")
+        for j, (tid, shape) in enumerate(zip(t_ids, shapes)):
+            blob = self._blobs[tid]
+            if layer.is_source:
+                blob.set_tensor(torch.zeros(shape, device=self.device))
+            else:
+                blob.reshape(shape)
+            w = lp.loss_weight[j] if j < len(lp.loss_weight) else (
+                1.0 if layer.is_loss and j == 0 else 0.0)
+            if w:
+                self.loss_weights[tid] = float(w)
+                blob.diff_tensor.fill_(w)
+            glog.info("net.cpp:131", f"Top shape: {_shape_str(shape)}")
+            if w:
+                glog.info("net.cpp:134", f"    with loss weight {w:g}")
+            wiring.memory += int(np.prod(shape)) if len(shape) else 1
+        glog.info("net.cpp:139", f"Memory required for data: {4 * wiring.memory}")
+
+    def _set_up_params(self, li, lp, layer) -> bool:
+        """Each parameter's lr/decay multipliers and sharing (by ParamSpec name); returns
+        whether a learning rate makes the layer need backward."""
+        need_backward = False
+        specs = []
+        for pi in range(len(layer.blobs)):
+            spec = lp.param[pi] if pi < len(lp.param) else caffe_pb2.ParamSpec()
+            lr, decay = spec.lr_mult, spec.decay_mult
+            if getattr(layer, "frozen_params", False):
+                lr, decay = 0.0, 0.0
+            need_backward |= spec.lr_mult != 0
+            if spec.name:
+                owner = self._param_owner.get(spec.name)
+                if owner is None:
+                    self._param_owner[spec.name] = (li, pi)
+                else:
+                    self._share_param(layer, pi, spec, owner)
+            specs.append((lr, decay))
+        self.param_specs.append(specs)
+        return need_backward
 
     def _top_shapes(self, layer, bottoms):
         """Top shapes: a source layer knows them, most layers compute them from the bottoms'
@@ -390,6 +298,11 @@ class Net:
                       f"{name} {'needs' if self.layer_need_backward[li] else 'does not need'}"
                       " backward computation.")
         self.blob_need_backward = blob_need_backward
+        # the blobs whose diff Caffe's backward writes (bottoms it propagates to); every other
+        # diff keeps what it holds, as Caffe leaves it
+        self._backward_writes = {
+            bid for li, ids in enumerate(self.bottom_ids) if self.layer_need_backward[li]
+            for bid, need in zip(ids, self.bottom_need_backward[li]) if need}
 
     def param_specs_raw(self):
         """Per layer, the (lr_mult, decay_mult) as the prototxt says (before freezing)."""
@@ -472,13 +385,13 @@ class Net:
         try:
             return self._layer_names.index(name)
         except ValueError:
-            raise UserError(f"no layer named {name!r}", path=self.source, field=what) from None
+            raise CaffeError(f"no layer named {name!r}", path=self.source, field=what) from None
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Set inputs from kwargs, run layers start..end, return {output: data}."""
         for name, value in kwargs.items():
             if name not in self.blobs:
-                raise UserError(f"no blob named {name!r}", path=self.source, field="forward")
+                raise CaffeError(f"no blob named {name!r}", path=self.source, field="forward")
             self.set_input(name, value)
         lo = 0 if start is None else self._layer_index(start, "forward start")
         hi = len(self.layers) - 1 if end is None else self._layer_index(end, "forward end")
@@ -492,8 +405,8 @@ class Net:
         """pycaffe's: give the net's first layer, a MemoryData layer, the arrays it serves
         (data N x C x H x W, labels N; N a multiple of its batch_size)."""
         if not self.layers or self.layers[0].type != "MemoryData":
-            raise UserError("set_input_arrays needs a MemoryData layer as the net's first layer",
-                            path=self.source, field="set_input_arrays")
+            raise CaffeError("set_input_arrays needs a MemoryData layer as the net's first layer",
+                             path=self.source, field="set_input_arrays")
         self.layers[0].reset(data, labels)
 
     def set_input(self, name, value):
@@ -578,15 +491,17 @@ class Net:
             h.remove()
         self._hook_handles = []
         self._watched = []
+        self._reached = set()
 
     def _watch(self, tid, tensor):
         """After backward, the blob's diff is the gradient with respect to this tensor."""
         blob = self._blobs[tid]
 
         def hook(grad, blob=blob):
-            blob.set_diff(grad.detach())   # bf16 in fast mode: .diff shows it as float32
+            self._reached.add(tid)
+            blob.take_diff(grad.detach())   # bf16 in fast mode: .diff shows it as float32
         self._hook_handles.append(tensor.register_hook(hook))
-        self._watched.append(blob)
+        self._watched.append(tid)
 
     def _watch_scratch(self, li, layer, bottoms, params, top):
         """Reproduce what Caffe's backward leaves in the diffs of bottoms it does not
@@ -602,32 +517,45 @@ class Net:
             for j, bid in targets:
                 d = layer.scratch_diff(j, grad.detach(), data, pdata)
                 if d is not None:
-                    self._blobs[bid].set_diff(d.float())
+                    self._blobs[bid].take_diff(d.float())
         self._hook_handles.append(top.register_hook(hook))
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set output diffs from kwargs and backpropagate; returns {input and ``diffs`` blob:
         diff}. Parameter diffs accumulate (clear them with ``clear_param_diffs``)."""
         if end is not None:
-            raise UserError("backward(end=...) is not supported; backward runs to the inputs",
-                            path=self.source, field="backward")
+            raise CaffeError("backward(end=...) is not supported; backward runs to the inputs",
+                             path=self.source, field="backward")
         for name, value in kwargs.items():
             if name not in self.blobs:
-                raise UserError(f"no blob named {name!r}", path=self.source, field="backward")
+                raise CaffeError(f"no blob named {name!r}", path=self.source, field="backward")
             blob = self.blobs[name]
             arr = np.asarray(value, dtype=np.float32)
             if arr.shape != blob.shape:
-                raise UserError(f"diff for {name!r} has shape {arr.shape}, blob is "
-                                f"{blob.shape}", path=self.source, field="backward")
+                raise CaffeError(f"diff for {name!r} has shape {arr.shape}, blob is "
+                                 f"{blob.shape}", path=self.source, field="backward")
             blob.diff[...] = arr
         if start is None:
-            seeds = [(tid, self._producer(tid)) for tid in self._output_ids]
+            seeds = self._seeds()
         else:
             li = self._layer_index(start, "backward start")
             seeds = [(tid, li) for tid in self.top_ids[li]]
         self.backward_from(seeds)
         names = self.inputs + list(diffs or [])
         return {n: self.blobs[n].diff for n in dict.fromkeys(names)}
+
+    def _seeds(self):
+        """Where a whole backward starts, as (blob id, producing layer): Caffe runs every layer
+        that needs backward on whatever its tops' diffs hold, so the seeds are the outputs and
+        every top no later layer writes a diff into (a Split top an Accuracy reads), where that
+        diff was ever written (else it is zeros and adds nothing)."""
+        seeds = [(tid, self._producer(tid)) for tid in self._output_ids]
+        for li, ids in enumerate(self.top_ids):
+            if self.layer_need_backward[li]:
+                seeds += [(tid, li) for tid in ids if tid not in self._backward_writes
+                          and tid not in self._output_ids and self._blobs[tid].has_diff
+                          and self._producer(tid) == li]
+        return seeds
 
     def _producer(self, tid):
         for li in range(len(self.layers) - 1, -1, -1):
@@ -636,10 +564,14 @@ class Net:
         return None
 
     def backward_from(self, seeds):
-        """Autograd from (blob id, producing layer) seeds, each with its blob's current diff."""
+        """Autograd from (blob id, producing layer) seeds, each with its blob's current diff.
+        A net where no layer needs backward has nothing to do (as in Caffe, whose Backward then
+        runs no layer and leaves every diff as it is)."""
+        if not any(self.layer_need_backward):
+            return
         if not getattr(self, "_graph_ready", False):
-            raise UserError("backward needs a forward first (and one forward per backward)",
-                            path=self.source, field="backward")
+            raise CaffeError("backward needs a forward first (and one forward per backward)",
+                             path=self.source, field="backward")
         tensors, grads = [], []
         for tid, li in seeds:
             if li is None or not self.layer_need_backward[li]:
@@ -654,15 +586,22 @@ class Net:
                 t = blob.tensor
                 if t.requires_grad and t.is_leaf and id(t) not in seen:
                     seen.add(id(t))
-                    # parameter diffs accumulate, as in Caffe; a cleared (zero) diff is left
-                    # out so that autograd's new gradient becomes the diff without an addition
+                    # parameter diffs accumulate, as in Caffe, into the diff's own buffer
+                    # (autograd adds in place); a cleared diff is left out, and autograd's
+                    # gradient becomes the diff without an addition
                     t.grad = blob.diff_tensor if blob.has_diff else None
                     params.append((blob, t))
         self._graph_ready = False
-        for blob in self._watched:   # their new diffs replace these: do not hold both
-            blob.set_diff(None)
+        rewritten = [tid for tid in self._watched if tid in self._backward_writes]
+        for tid in rewritten:   # diffs no array shows are replaced: drop them now so that old
+            if not self._blobs[tid].diff_in_view:   # and new are never held together
+                self._blobs[tid].set_diff(None)
+        self._reached = set()
         if tensors:
             torch.autograd.backward(tensors, grads)
+        for tid in rewritten:   # written by Caffe's backward but not reached from any seed: zero
+            if tid not in self._reached:
+                self._blobs[tid].clear_diff()
         for blob, t in params:
             if t.grad is not None and t.grad is not blob._d:
                 blob.set_diff(t.grad)
@@ -690,7 +629,7 @@ class Net:
         """One forward and backward pass (parameter diffs accumulate); returns the loss."""
         loss = self.forward_range(0, len(self.layers) - 1)
         if any(self.layer_need_backward):
-            self.backward_from([(tid, self._producer(tid)) for tid in self._output_ids])
+            self.backward_from(self._seeds())
         return loss
 
     def clear_param_diffs(self):
@@ -706,7 +645,7 @@ class Net:
         src = protoio.read_binary(path, caffe_pb2.NetParameter)
         upgrade_net(src, str(path))
         if not len(src.layer):
-            raise UserError("holds no layers: not a .caffemodel", path=path)
+            raise CaffeError("holds no layers: not a .caffemodel", path=path)
         by_name = self.layer_dict
         copied = 0
         for slp in src.layer:
@@ -716,11 +655,11 @@ class Net:
                     glog.info("net.cpp:758", f"Ignoring source layer {slp.name}")
                 continue
             if len(slp.blobs) != len(layer.blobs):
-                raise UserError(f"layer {slp.name!r} has {len(slp.blobs)} blobs in the file "
-                                f"but {len(layer.blobs)} in the net", path=path)
+                raise CaffeError(f"layer {slp.name!r} has {len(slp.blobs)} blobs in the file "
+                                 f"but {len(layer.blobs)} in the net", path=path)
             for i, (sb, blob) in enumerate(zip(slp.blobs, layer.blobs)):
                 if not protoio.legacy_shape_matches(blob.shape, sb):
-                    raise UserError(
+                    raise CaffeError(
                         f"cannot copy param {i} of layer {slp.name!r}: shape mismatch, "
                         f"file has {protoio.blob_shape(sb)}, net expects {blob.shape}",
                         path=path)
@@ -752,6 +691,7 @@ class Net:
                 continue
             bottoms = [self._blobs[b].shaped for b in self.bottom_ids[li]]
             for tid, shape in zip(self.top_ids[li], self._top_shapes(layer, bottoms)):
+                layer.check_shape(shape, f"top {self._blob_names[tid]!r}")
                 self._blobs[tid].reshape(shape)
 
     def share_with(self, other: "Net"):
@@ -762,12 +702,12 @@ class Net:
             if src is None or not layer.blobs:
                 continue
             if len(src.blobs) != len(layer.blobs):
-                raise UserError(f"layer {name!r}: {len(src.blobs)} vs {len(layer.blobs)} blobs",
-                                path=self.source)
+                raise CaffeError(f"layer {name!r}: {len(src.blobs)} vs {len(layer.blobs)} blobs",
+                                 path=self.source)
             for i, (mine, their) in enumerate(zip(layer.blobs, src.blobs)):
                 if mine.shape != their.shape:
-                    raise UserError(f"layer {name!r} param {i}: shape {their.shape} vs "
-                                    f"{mine.shape}", path=self.source)
+                    raise CaffeError(f"layer {name!r} param {i}: shape {their.shape} vs "
+                                     f"{mine.shape}", path=self.source)
                 layer.blobs[i] = their
 
     def forward_all(self, blobs=None, **kwargs):
@@ -788,23 +728,14 @@ class Net:
         return {k: np.asarray(v) for k, v in outs.items()}
 
 
-def _real_net(real, network, *args, phase=None, weights=None, level=0, stages=None,
-              device=None, fast=None):
-    """Build the same net with real pycaffe (the "caffe" backend)."""
-    if isinstance(network, caffe_pb2.NetParameter):
-        raise UserError("the caffe backend builds nets from files only", path="<net>")
-    if not pathlib.Path(network).is_file():
-        raise UserError("file not found", path=network)
-    if len(args) == 1:
-        phase = args[0]
-    elif len(args) == 2:
-        weights, phase = args
-    kw = {"level": level}
-    if stages is not None:
-        kw["stages"] = list(stages)
-    if weights is not None:
-        kw["weights"] = str(weights)
-    return real.Net(str(network), phase, **kw)
+@dataclasses.dataclass
+class _Wiring:
+    """What building a net keeps track of from one layer to the next."""
+    blob_index: dict = dataclasses.field(default_factory=dict)      # blob name -> id
+    available: set = dataclasses.field(default_factory=set)         # names not yet consumed
+    blob_need_backward: list = dataclasses.field(default_factory=list)
+    writer: dict = dataclasses.field(default_factory=dict)          # blob id -> last writer
+    memory: int = 0                                                 # values in tops so far
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """Reading and writing Caffe's files: prototxt (text), .caffemodel / .solverstate (binary
-NetParameter / SolverState), .binaryproto (BlobProto).
+NetParameter / SolverState), .binaryproto (BlobProto, e.g. a mean image).
 
-Every failure a user can cause becomes one UserError line: a bad prototxt names
+Every failure a user can cause becomes one CaffeError line: a bad prototxt names
 file:line:column and the problem; a truncated or foreign binary file says so.
 """
 from __future__ import annotations
@@ -13,9 +13,8 @@ import numpy as np
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
-from deepselfie.errors import UserError
-from deepselfie.files import atomic_write
-
+from .atomic import atomic_write
+from .errors import CaffeError
 from .proto import caffe_pb2
 
 
@@ -24,11 +23,11 @@ def _read_bytes(path) -> bytes:
     try:
         return p.read_bytes()
     except FileNotFoundError:
-        raise UserError("file not found", path=p) from None
+        raise CaffeError("file not found", path=p) from None
     except IsADirectoryError:
-        raise UserError("is a directory, not a file", path=p) from None
+        raise CaffeError("is a directory, not a file", path=p) from None
     except OSError as e:
-        raise UserError(f"cannot read ({e.strerror})", path=p) from None
+        raise CaffeError(f"cannot read ({e.strerror})", path=p) from None
 
 
 def parse_text(text: str, message, source="<string>"):
@@ -40,7 +39,7 @@ def parse_text(text: str, message, source="<string>"):
         detail = str(e)
         detail = re.sub(r"^\d+:\d+\s*:\s*", "", detail)  # protobuf prefixes "line:col : "
         where = f"{source}:{line}:{col}" if line is not None else str(source)
-        raise UserError(detail, path=where) from None
+        raise CaffeError(detail, path=where) from None
     return message
 
 
@@ -50,8 +49,8 @@ def read_prototxt(path, message_type=caffe_pb2.NetParameter):
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UserError("not a text prototxt (binary content; is it a .caffemodel?)",
-                        path=path) from None
+        raise CaffeError("not a text prototxt (binary content; is it a .caffemodel?)",
+                         path=path) from None
     return parse_text(text, message_type(), source=str(path))
 
 
@@ -60,7 +59,7 @@ def read_binary(path, message_type):
     data = _read_bytes(path)
     what = message_type.DESCRIPTOR.name
     if not data:
-        raise UserError(f"empty file, expected a binary {what}", path=path)
+        raise CaffeError(f"empty file, expected a binary {what}", path=path)
     msg = message_type()
     try:
         msg.ParseFromString(data)
@@ -68,8 +67,8 @@ def read_binary(path, message_type):
         hint = ""
         if data[:200].lstrip().startswith((b"name", b"layer", b"input", b"#", b"net")):
             hint = " (it looks like a text prototxt)"
-        raise UserError(f"not a binary {what}: truncated or foreign file{hint} ({e})",
-                        path=path) from None
+        raise CaffeError(f"not a binary {what}: truncated or foreign file{hint} ({e})",
+                         path=path) from None
     return msg
 
 
@@ -77,10 +76,10 @@ def read_binary_or_text(path, message_type):
     """Caffe accepts weights/means in either encoding; try binary, then text."""
     try:
         return read_binary(path, message_type)
-    except UserError as binary_error:
+    except CaffeError as binary_error:
         try:
             return read_prototxt(path, message_type)
-        except UserError:
+        except CaffeError:
             raise binary_error from None
 
 
@@ -160,7 +159,28 @@ def read_blobproto(path) -> np.ndarray:
     try:
         return blobproto_to_array(blob)
     except ValueError as e:
-        raise UserError(str(e), path=path) from None
+        raise CaffeError(str(e), path=path) from None
+
+
+def read_mean_image(path, error=None) -> np.ndarray:
+    """A mean image .binaryproto (compute_image_mean's 1 x C x H x W, or C x H x W) as float32
+    C x H x W; ``error(message)`` makes the error for another shape (default: a CaffeError)."""
+    mean = read_blobproto(path)
+    if mean.ndim == 4 and mean.shape[0] == 1:
+        mean = mean[0]
+    if mean.ndim != 3:
+        message = f"holds a {mean.shape} blob; a mean image is 1 x C x H x W"
+        raise error(message) if error else CaffeError(message, path=path)
+    return np.ascontiguousarray(mean, dtype=np.float32)
+
+
+def mean_image_bytes(mean) -> bytes:
+    """A C x H x W mean as compute_image_mean writes it: a BlobProto with num 1, channels,
+    height, width and the float data."""
+    mean = np.asarray(mean, dtype=np.float32)
+    if mean.ndim != 3:
+        raise ValueError(f"a mean image is C x H x W, not {mean.shape}")
+    return array_to_blobproto(mean, legacy=True).SerializeToString()
 
 
 # ---------------------------------------------------------------- fast encoding of big weights

@@ -21,9 +21,8 @@ import pathlib
 import numpy as np
 import torch
 
-from deepselfie.errors import UserError
-
 from . import glog, lr_policy, protoio
+from .errors import CaffeError
 from .proto import caffe_pb2
 from .solver import Solver, read_solver_param
 
@@ -115,18 +114,18 @@ class SGDSolver(Solver):
     def restore_solver_state(self, state_file):
         st = read_solverstate(state_file)
         if len(st.history) != len(self.history):
-            raise UserError(f"holds {len(st.history)} history blobs; a {self.type} solver on "
-                            f"this net needs {len(self.history)} (another solver type or net?)",
-                            path=state_file)
+            raise CaffeError(f"holds {len(st.history)} history blobs; a {self.type} solver on "
+                             f"this net needs {len(self.history)} (another solver type or net?)",
+                             path=state_file)
         arrays = []
         for k, (blob, h) in enumerate(zip(st.history, self.history)):
             try:
                 arr = protoio.blobproto_to_array(blob)
             except ValueError as e:
-                raise UserError(f"history blob {k}: {e}", path=state_file) from None
+                raise CaffeError(f"history blob {k}: {e}", path=state_file) from None
             if arr.size != h.numel():
-                raise UserError(f"history blob {k} has shape {arr.shape}; the net's parameter "
-                                f"has {tuple(h.shape)}", path=state_file)
+                raise CaffeError(f"history blob {k} has shape {arr.shape}; the net's parameter "
+                                 f"has {tuple(h.shape)}", path=state_file)
             arrays.append(arr)
         self.iter = st.iter
         if st.HasField("learned_net") and st.learned_net:
@@ -158,8 +157,8 @@ class AdaGradSolver(SGDSolver):
 
     def check_update_rule(self):
         if self.param.momentum != 0:
-            raise UserError("momentum cannot be used with AdaGrad", path=self.source,
-                            field="momentum")
+            raise CaffeError("momentum cannot be used with AdaGrad", path=self.source,
+                             field="momentum")
 
     def compute_update_value(self, i, rate):
         diff, h = self._params[i].blob.diff_tensor, self.history[i]
@@ -175,10 +174,10 @@ class RMSPropSolver(SGDSolver):
 
     def check_update_rule(self):
         if self.param.momentum != 0:
-            raise UserError("momentum cannot be used with RMSProp", path=self.source,
-                            field="momentum")
+            raise CaffeError("momentum cannot be used with RMSProp", path=self.source,
+                             field="momentum")
         if not 0 <= self.param.rms_decay < 1:
-            raise UserError("rms_decay must lie in [0, 1)", path=self.source, field="rms_decay")
+            raise CaffeError("rms_decay must lie in [0, 1)", path=self.source, field="rms_decay")
 
     def compute_update_value(self, i, rate):
         decay = f32(self.param.rms_decay)
@@ -237,8 +236,8 @@ SOLVERS = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, R
 def solver_class(param, source="<solver>"):
     cls = SOLVERS.get(param.type)
     if cls is None:
-        raise UserError(f"unknown solver type {param.type!r} (known: {', '.join(SOLVERS)})",
-                        path=source, field="type")
+        raise CaffeError(f"unknown solver type {param.type!r} (known: {', '.join(SOLVERS)})",
+                         path=source, field="type")
     return cls
 
 
@@ -259,7 +258,7 @@ def read_solverstate(path) -> caffe_pb2.SolverState:
     """A .solverstate file (Caffe's or ours), or one clear error."""
     st = protoio.read_binary(path, caffe_pb2.SolverState)
     if not st.HasField("iter"):
-        raise UserError("not a .solverstate (it has no iteration)", path=path)
+        raise CaffeError("not a .solverstate (it has no iteration)", path=path)
     return st
 
 
@@ -273,5 +272,5 @@ def learned_net_path(learned_net: str, state_file) -> str:
     beside = pathlib.Path(state_file).parent / as_written.name
     if beside.exists():
         return str(beside)
-    raise UserError(f"its weights file {learned_net!r} (learned_net) is missing, here and "
-                    "beside it", path=state_file)
+    raise CaffeError(f"its weights file {learned_net!r} (learned_net) is missing, here and "
+                     "beside it", path=state_file)

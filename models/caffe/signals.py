@@ -12,14 +12,14 @@ from __future__ import annotations
 import signal
 import threading
 
-from deepselfie.errors import UserError
+from .errors import CaffeError
 
 EFFECTS = ("stop", "snapshot", "none")
 
 
 def check_effect(effect: str, option: str) -> str:
     if effect not in EFFECTS:
-        raise UserError(f"must be one of {', '.join(EFFECTS)}, not {effect!r}", field=option)
+        raise CaffeError(f"must be one of {', '.join(EFFECTS)}, not {effect!r}", field=option)
     return effect
 
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
-from deepselfie.errors import UserError
-
 from . import glog, lr_policy, parallel, protoio, state
-from .net import TEST, TRAIN, Net, load_net_param
+from .errors import CaffeError
+from .net import TEST, TRAIN, Net
+from .net_param import load_net_param
 from .proto import caffe_pb2
 from .upgrade import upgrade_solver
 
@@ -110,17 +110,17 @@ class Solver:
     def _check_param(self):
         p, src = self.param, self.source
         if p.average_loss < 1:
-            raise UserError("average_loss must be at least 1", path=src, field="average_loss")
+            raise CaffeError("average_loss must be at least 1", path=src, field="average_loss")
         if p.iter_size < 1:
-            raise UserError("iter_size must be at least 1", path=src, field="iter_size")
+            raise CaffeError("iter_size must be at least 1", path=src, field="iter_size")
         if p.regularization_type not in ("L1", "L2"):
-            raise UserError(f"unknown regularization type {p.regularization_type!r} (L1 or L2)",
-                            path=src, field="regularization_type")
+            raise CaffeError(f"unknown regularization type {p.regularization_type!r} (L1 or L2)",
+                             path=src, field="regularization_type")
         if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            raise UserError("HDF5 snapshots are not supported; use snapshot_format: BINARYPROTO",
-                            path=src, field="snapshot_format")
+            raise CaffeError("HDF5 snapshots are not supported; use snapshot_format: BINARYPROTO",
+                             path=src, field="snapshot_format")
         if p.snapshot < 0 or p.display < 0 or p.test_interval < 0:
-            raise UserError("snapshot, display and test_interval cannot be negative", path=src)
+            raise CaffeError("snapshot, display and test_interval cannot be negative", path=src)
         lr_policy.check(p, src)
         self.check_update_rule()
 
@@ -144,10 +144,10 @@ class Solver:
         fields = ("net", "net_param", "train_net", "train_net_param")
         given = [f for f in fields if p.HasField(f)]
         if not given:
-            raise UserError("no train net: set one of " + ", ".join(fields), path=self.source)
+            raise CaffeError("no train net: set one of " + ", ".join(fields), path=self.source)
         if len(given) > 1:
-            raise UserError("more than one train net: use only one of " + ", ".join(given),
-                            path=self.source)
+            raise CaffeError("more than one train net: use only one of " + ", ".join(given),
+                             path=self.source)
         which = given[0]
         if which.endswith("_param"):
             glog.info("solver.cpp:92", f"Creating training net specified in {which}.")
@@ -167,21 +167,21 @@ class Solver:
         p, src = self.param, self.source
         generic = [f for f in ("net", "net_param") if p.HasField(f)]
         if len(generic) > 1:
-            raise UserError("both net and net_param are set; use one", path=src)
+            raise CaffeError("both net and net_param are set; use one", path=src)
         n_specific = len(p.test_net_param) + len(p.test_net)
         if generic and len(p.test_iter) < n_specific:
-            raise UserError("test_iter must be given for each test net", path=src,
-                            field="test_iter")
+            raise CaffeError("test_iter must be given for each test net", path=src,
+                             field="test_iter")
         if not generic and len(p.test_iter) != n_specific:
-            raise UserError(f"{n_specific} test nets but {len(p.test_iter)} test_iter values",
-                            path=src, field="test_iter")
+            raise CaffeError(f"{n_specific} test nets but {len(p.test_iter)} test_iter values",
+                             path=src, field="test_iter")
         n_generic = len(p.test_iter) - n_specific
         total = n_specific + n_generic
         if len(p.test_state) and len(p.test_state) != total:
-            raise UserError(f"test_state must be given once per test net ({total})", path=src,
-                            field="test_state")
+            raise CaffeError(f"test_state must be given once per test net ({total})", path=src,
+                             field="test_state")
         if total and p.test_interval <= 0:
-            raise UserError("test nets need test_interval > 0", path=src, field="test_interval")
+            raise CaffeError("test nets need test_interval > 0", path=src, field="test_interval")
         sources = [(net_param, "test_net_param") for net_param in p.test_net_param]
         sources += [(path, f"test_net file: {path}") for path in p.test_net]
         for _ in range(n_generic):
@@ -204,16 +204,16 @@ class Solver:
         if not (self.root and p.snapshot):
             return
         if not p.snapshot_prefix:
-            raise UserError("snapshot is set but snapshot_prefix is not", path=self.source,
-                            field="snapshot_prefix")
+            raise CaffeError("snapshot is set but snapshot_prefix is not", path=self.source,
+                             field="snapshot_prefix")
         probe = pathlib.Path(self.snapshot_filename(".tempfile"))
         try:
             probe.parent.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
-            raise UserError(f"cannot write snapshots there ({e.strerror})", path=self.source,
-                            field=f"snapshot_prefix {p.snapshot_prefix!r}") from None
+            raise CaffeError(f"cannot write snapshots there ({e.strerror})", path=self.source,
+                             field=f"snapshot_prefix {p.snapshot_prefix!r}") from None
 
     def pre_solve(self):
         """Subclasses create their history blobs."""
@@ -456,8 +456,8 @@ class Solver:
     def restore(self, state_file):
         """Continue from a .solverstate: its iteration, weights (its learned_net) and history."""
         if str(state_file).endswith(".h5"):
-            raise UserError("HDF5 solver states are not supported (only .solverstate)",
-                            path=state_file)
+            raise CaffeError("HDF5 solver states are not supported (only .solverstate)",
+                             path=state_file)
         self.restore_solver_state(state_file)
 
     def restore_solver_state(self, state_file):

@@ -11,8 +11,15 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from deepselfie.console import summary
-from deepselfie.errors import UserError
+from . import glog
+from .errors import CaffeError
+
+
+def _reporter(report):
+    """``report(command, text)`` gives a command's closing line (``train: done at ...``) to
+    the caller (the CLI prints it); without one it goes to the log."""
+    return report or (lambda command, text: glog.info("caffe.cpp", f"{command}: {text}"))
+
 
 # ---------------------------------------------------------------- devices
 
@@ -30,11 +37,11 @@ def parse_gpus(spec) -> list[int]:
     try:
         gpus = [int(x) for x in str(spec).split(",")]
     except ValueError:
-        raise UserError(f"must be GPU ids like 0 or 0,1, or all; not {spec!r}",
-                        field="--gpu") from None
+        raise CaffeError(f"must be GPU ids like 0 or 0,1, or all; not {spec!r}",
+                         field="--gpu") from None
     if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
-        raise UserError(f"GPU ids must be distinct and non-negative, not {spec!r}",
-                        field="--gpu")
+        raise CaffeError(f"GPU ids must be distinct and non-negative, not {spec!r}",
+                         field="--gpu")
     return gpus
 
 
@@ -52,8 +59,8 @@ def pick_device(gpus: list[int], default_device: str = "auto"):
             return torch.device("cpu")
         index = gpus[parallel.local_rank() % len(gpus)] if parallel.launched() else gpus[0]
         if index >= torch.cuda.device_count():
-            raise UserError(f"GPU {index} does not exist ({torch.cuda.device_count()} visible)",
-                            field="--gpu")
+            raise CaffeError(f"GPU {index} does not exist ({torch.cuda.device_count()} visible)",
+                             field="--gpu")
         return torch.device("cuda", index)
     dev = state.resolve_device(default_device)
     if dev.type == "cuda" and parallel.launched():
@@ -77,21 +84,22 @@ def _log_device(device, gpus):
 
 def train(solver_path, *, weights=None, snapshot=None, gpu=None, backend="torch", fast=False,
           sigint_effect="stop", sighup_effect="snapshot", level=0, stages=(),
-          default_device="auto", metrics=True, curve_interval_s=10.0, relaunch_argv=None):
+          default_device="auto", metrics=True, curve_interval_s=10.0, relaunch_argv=None,
+          report=None):
     """Train from a solver prototxt as ``caffe train`` does; returns the solver (or, when it ran
-    one process per GPU, their exit code)."""
+    one process per GPU, their exit code). ``report(command, text)`` receives the closing line."""
     from models.caffe import parallel
     from models.caffe.signals import check_effect
     check_effect(sigint_effect, "--sigint_effect")
     check_effect(sighup_effect, "--sighup_effect")
     if snapshot and weights:
-        raise UserError("give --snapshot to resume training or --weights to fine-tune, not both",
-                        field="--snapshot/--weights")
+        raise CaffeError("give --snapshot to resume training or --weights to fine-tune, not both",
+                         field="--snapshot/--weights")
     gpus = parse_gpus(gpu)
     if backend == "caffe":
-        return _train_with_pycaffe(solver_path, weights, snapshot, gpus)
+        return _train_with_pycaffe(solver_path, weights, snapshot, gpus, _reporter(report))
     if backend != "torch":
-        raise UserError(f"must be torch or caffe, not {backend!r}", field="--backend")
+        raise CaffeError(f"must be torch or caffe, not {backend!r}", field="--backend")
 
     from models.caffe.sgd_solvers import read_solver_param
     param = read_solver_param(solver_path)
@@ -103,12 +111,12 @@ def train(solver_path, *, weights=None, snapshot=None, gpu=None, backend="torch"
             return parallel.launch(len(gpus), relaunch_argv)
     return _train_torch(solver_path, param, weights, snapshot, gpus, fast, sigint_effect,
                         sighup_effect, level, stages, default_device, metrics, curve_interval_s,
-                        explicit_cpu=param.HasField("solver_mode") and param.solver_mode == 0
-                        and gpu is None)
+                        _reporter(report), explicit_cpu=param.HasField("solver_mode")
+                        and param.solver_mode == 0 and gpu is None)
 
 
 def _train_torch(solver_path, param, weights, snapshot, gpus, fast, sigint_effect,
-                 sighup_effect, level, stages, default_device, metrics, curve_interval_s,
+                 sighup_effect, level, stages, default_device, metrics, curve_interval_s, report,
                  explicit_cpu):
     import torch
 
@@ -161,8 +169,8 @@ def _train_torch(solver_path, param, weights, snapshot, gpus, fast, sigint_effec
             glog.info("caffe.cpp:262", "Optimization Done.")
         if root:
             how = "stopped early" if solver.requested_early_exit else "done"
-            summary("train", f"{how} at iteration {solver.iter} (from {start}); snapshots and "
-                             f"log at {prefix}_*")
+            report("train", f"{how} at iteration {solver.iter} (from {start}); snapshots and "
+                            f"log at {prefix}_*")
         return solver
     finally:
         if monitor is not None:
@@ -175,17 +183,17 @@ def _train_torch(solver_path, param, weights, snapshot, gpus, fast, sigint_effec
         parallel.finish()
 
 
-def _train_with_pycaffe(solver_path, weights, snapshot, gpus):
+def _train_with_pycaffe(solver_path, weights, snapshot, gpus, report):
     """The same job on real Caffe (pycaffe), where it is importable."""
     try:
         import caffe  # noqa: F401  (real pycaffe; the PyPI 'caffe' placeholder has no Solver)
         if not hasattr(caffe, "get_solver"):
             raise ImportError
     except ImportError:
-        raise UserError("real pycaffe is not importable here; use --backend torch",
-                        field="--backend") from None
+        raise CaffeError("real pycaffe is not importable here; use --backend torch",
+                         field="--backend") from None
     if not pathlib.Path(solver_path).exists():
-        raise UserError("file not found", path=solver_path)
+        raise CaffeError("file not found", path=solver_path)
     if gpus:
         caffe.set_mode_gpu()
         caffe.set_device(gpus[0])
@@ -199,7 +207,7 @@ def _train_with_pycaffe(solver_path, weights, snapshot, gpus):
         solver.solve(str(snapshot))
     else:
         solver.solve()
-    summary("train", f"done at iteration {solver.iter} (pycaffe)")
+    report("train", f"done at iteration {solver.iter} (pycaffe)")
     return solver
 
 
@@ -220,7 +228,7 @@ def _open_net(model, phase, gpu, fast, level, stages, default_device):
 
 
 def test(model, weights, iterations=50, *, gpu=None, fast=False, level=0, stages=(),
-         default_device="auto") -> dict:
+         default_device="auto", report=None) -> dict:
     """Score a net's TEST phase over ``iterations`` batches (``caffe test``); returns each
     output's mean."""
     import numpy as np
@@ -230,7 +238,7 @@ def test(model, weights, iterations=50, *, gpu=None, fast=False, level=0, stages
     from models.caffe.net import TEST
     from models.caffe.solver import _g, load_weights
     if iterations < 1:
-        raise UserError("must be at least 1", field="--iterations")
+        raise CaffeError("must be at least 1", field="--iterations")
     try:
         net = _open_net(model, TEST, gpu, fast, level, stages, default_device)
         load_weights(net, weights)
@@ -255,7 +263,7 @@ def test(model, weights, iterations=50, *, gpu=None, fast=False, level=0, stages
                 extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
                 glog.info("caffe.cpp:330", f"{name} = {_g(v)}{extra}")
             means[name] = float(mean[0]) if mean.size == 1 else mean.tolist()
-        summary("test", f"{iterations} batches: " + ", ".join(
+        _reporter(report)("test", f"{iterations} batches: " + ", ".join(
             f"{k} = {_g(v) if isinstance(v, float) else v}" for k, v in means.items()))
         return means
     finally:
@@ -263,14 +271,14 @@ def test(model, weights, iterations=50, *, gpu=None, fast=False, level=0, stages
 
 
 def time_model(model, iterations=50, *, gpu=None, fast=False, level=0, stages=(),
-               default_device="auto") -> dict:
+               default_device="auto", report=None) -> dict:
     """Per-layer forward/backward times of a net's TRAIN phase (``caffe time``)."""
     from models.caffe import glog
     from models.caffe.net import TRAIN
     from models.caffe.solver import _g
     from models.caffe.timing import time_net
     if iterations < 1:
-        raise UserError("must be at least 1", field="--iterations")
+        raise CaffeError("must be at least 1", field="--iterations")
     try:
         net = _open_net(model, TRAIN, gpu, fast, level, stages, default_device)
         glog.info("caffe.cpp:360", "Performing Forward")
@@ -279,9 +287,10 @@ def time_model(model, iterations=50, *, gpu=None, fast=False, level=0, stages=()
         glog.info("caffe.cpp:364", "Performing Backward")
         net.backward()
         result = time_net(net, iterations)
-        summary("time", f"{iterations} iterations: forward {result['forward_ms']:.3g} ms, "
-                        f"backward {result['backward_ms']:.3g} ms, forward-backward "
-                        f"{result['forward_backward_ms']:.3g} ms per iteration")
+        _reporter(report)("time", f"{iterations} iterations: forward "
+                                  f"{result['forward_ms']:.3g} ms, backward "
+                                  f"{result['backward_ms']:.3g} ms, forward-backward "
+                                  f"{result['forward_backward_ms']:.3g} ms per iteration")
         return result
     finally:
         glog.remove_stream(sys.stderr)

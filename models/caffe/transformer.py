@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import cvimage, glog, protoio
+from .datum import datum_pixels
 from .proto import caffe_pb2
 from .rng import Stream, caffe_rng_rand
 
@@ -25,7 +26,7 @@ TRAIN = caffe_pb2.TRAIN
 
 class DataTransformer:
     def __init__(self, param: caffe_pb2.TransformationParameter, phase, error):
-        """``error(message, field)`` makes the layer's UserError (it names the layer)."""
+        """``error(message, field)`` makes the layer's CaffeError (it names the layer)."""
         self.error = error
         self.scale = np.float32(param.scale)
         self.mirror = bool(param.mirror)
@@ -42,13 +43,8 @@ class DataTransformer:
                 raise error("cannot specify mean_file and mean_value at the same time",
                             "transform_param")
             glog.info("data_transformer.cpp:25", f"Loading mean file from: {param.mean_file}")
-            mean = protoio.read_blobproto(param.mean_file)
-            if mean.ndim == 4 and mean.shape[0] == 1:
-                mean = mean[0]
-            if mean.ndim != 3:
-                raise error(f"mean_file {param.mean_file} holds a {mean.shape} blob; a mean "
-                            "image is 1 x C x H x W", "transform_param.mean_file")
-            self.mean = np.ascontiguousarray(mean, dtype=np.float32)
+            self.mean = protoio.read_mean_image(param.mean_file, lambda message: error(
+                f"mean_file {param.mean_file} {message}", "transform_param.mean_file"))
             self.mean_file = param.mean_file
         elif len(param.mean_value):
             self.mean_values = np.asarray(param.mean_value, dtype=np.float32)
@@ -98,15 +94,7 @@ class DataTransformer:
     def datum_image(self, datum: caffe_pb2.Datum) -> np.ndarray:
         """A Datum's pixels as C x H x W (uint8, or float32 for float_data), decoding an
         encoded one as Caffe does (force_color / force_gray, else the file's own channels)."""
-        if datum.encoded:
-            return cvimage.decode(datum.data, self.flag).transpose(2, 0, 1)
-        shape = (datum.channels, datum.height, datum.width)
-        if len(datum.data):
-            if len(datum.data) != shape[0] * shape[1] * shape[2]:
-                raise ValueError(f"Datum holds {len(datum.data)} bytes for a "
-                                 f"{shape[0]}x{shape[1]}x{shape[2]} image")
-            return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
-        return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+        return datum_pixels(datum, self.flag)
 
     # ------------------------------------------------------------ the transform
     def transform(self, img: np.ndarray, draws, out: np.ndarray) -> None:

@@ -9,8 +9,7 @@
 """
 from __future__ import annotations
 
-from deepselfie.errors import UserError
-
+from .errors import CaffeError
 from .proto import caffe_pb2
 
 V1 = caffe_pb2.V1LayerParameter
@@ -50,8 +49,8 @@ def upgrade_net(net: caffe_pb2.NetParameter, source="<net>") -> caffe_pb2.NetPar
     """Upgrade ``net`` in place (and return it)."""
     if len(net.layers):
         if len(net.layer):
-            raise UserError("has both `layer` (V2) and `layers` (V1) fields; use one format",
-                            path=source)
+            raise CaffeError("has both `layer` (V2) and `layers` (V1) fields; use one format",
+                             path=source)
         _upgrade_v1_transform(net)
         _upgrade_v1_layers(net, source)
     if len(net.input):
@@ -81,8 +80,8 @@ def _upgrade_v1_layers(net, source):
     net.ClearField("layers")
     for i, v1 in enumerate(v1_layers):
         if v1.HasField("layer"):
-            raise UserError(f"layer {i} uses the pre-V1 (V0) format, which is not supported; "
-                            "upgrade it with Caffe's upgrade_net_proto_text", path=source)
+            raise CaffeError(f"layer {i} uses the pre-V1 (V0) format, which is not supported; "
+                             "upgrade it with Caffe's upgrade_net_proto_text", path=source)
         lp = net.layer.add()
         lp.bottom.extend(v1.bottom)
         lp.top.extend(v1.top)
@@ -120,11 +119,11 @@ def _upgrade_input(net, source):
     has_shape, has_dim = len(net.input_shape) > 0, len(net.input_dim) > 0
     if has_shape or has_dim:
         if has_shape and len(net.input_shape) != len(net.input):
-            raise UserError(f"{len(net.input)} inputs but {len(net.input_shape)} input_shape",
-                            path=source, field="input_shape")
+            raise CaffeError(f"{len(net.input)} inputs but {len(net.input_shape)} input_shape",
+                             path=source, field="input_shape")
         if not has_shape and len(net.input_dim) != 4 * len(net.input):
-            raise UserError(f"{len(net.input)} inputs need {4 * len(net.input)} input_dim "
-                            f"values, found {len(net.input_dim)}", path=source, field="input_dim")
+            raise CaffeError(f"{len(net.input)} inputs need {4 * len(net.input)} input_dim "
+                             f"values, found {len(net.input_dim)}", path=source, field="input_dim")
         layers = list(net.layer)
         net.ClearField("layer")
         lp = net.layer.add(name="input", type="Input")
@@ -150,8 +149,8 @@ def upgrade_solver(sp: caffe_pb2.SolverParameter, source="<solver>"):
     """``solver_type: NESTEROV`` -> ``type: "Nesterov"`` (both at once is an error)."""
     if sp.HasField("solver_type"):
         if sp.HasField("type"):
-            raise UserError("sets both solver_type (old enum) and type; keep only type",
-                            path=source, field="solver_type")
+            raise CaffeError("sets both solver_type (old enum) and type; keep only type",
+                             path=source, field="solver_type")
         sp.type = SOLVER_TYPE_NAMES[sp.solver_type]
         sp.ClearField("solver_type")
     return sp

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import zipfile
 
-from deepselfie.errors import UserError
+from deepselfie.errors import CaffeError, UserError
 
 PACKAGE = "facenet-pytorch"
 VERSION = "2.6.0"
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     try:
         out = ensure_weights(args.models_dir, wheel=args.wheel, index_url=args.index_url,
                              force=args.force)
-    except UserError as e:
+    except CaffeError as e:   # UserError, or the runtime's writing the .caffemodel
         print(f"convert: error: {e}", file=sys.stderr)
         return e.exit_code
     print(f"convert: MTCNN weights in {out}")

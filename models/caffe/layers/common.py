@@ -55,6 +55,8 @@ class InnerProduct(Layer):
             y = y + b.to(y.dtype) if b is not None else y
         else:
             y = torch.nn.functional.linear(flat, w, b)
+        if len(lead) == 1:   # already the top's shape: no view (an in-place layer may follow)
+            return [y]
         return [y.reshape(lead + (y.shape[1],))]
 
 

@@ -20,11 +20,10 @@ import weakref
 
 import numpy as np
 import torch
-from google.protobuf import message as pb_message
-
-from deepselfie.errors import UserError
 
 from .. import cvimage, db, glog, rng
+from ..datum import decode_datum
+from ..errors import CaffeError
 from ..filler import fill
 from ..layer import Layer, register
 from ..prefetch import DecodePool, Prefetcher, decode_workers
@@ -48,7 +47,7 @@ def _layer_error(layer):
     source, where = layer.source, f"layer {layer.name!r} ({layer.type})"
 
     def error(message, field=None):
-        return UserError(message, path=source, field=where + (f": {field}" if field else ""))
+        return CaffeError(message, path=source, field=where + (f": {field}" if field else ""))
     error.where = where
     return error
 
@@ -64,11 +63,10 @@ class DatumRecords:
 
     def load(self, record):
         """-> (C x H x W image, label)"""
-        datum = caffe_pb2.Datum()
         try:
-            datum.ParseFromString(record[1])
-        except (pb_message.DecodeError, RuntimeError) as e:
-            raise self.error(f"{self.describe(record)}: not a Datum ({e})") from None
+            datum = decode_datum(record[1])
+        except ValueError as e:
+            raise self.error(f"{self.describe(record)}: {e}") from None
         try:
             img = self.transformer.datum_image(datum)
         except cvimage.ImageDecodeError as e:
@@ -98,11 +96,11 @@ class ImageFiles:
             hint = ""
             if self.root and not self.root.endswith("/"):
                 hint = " (root_folder is prefixed as is: end it with '/')"
-            raise UserError(f"image not found{hint}", path=path,
-                            field=self.error.where) from None
+            raise CaffeError(f"image not found{hint}", path=path,
+                             field=self.error.where) from None
         except (cvimage.ImageDecodeError, OSError) as e:
-            raise UserError(f"cannot read the image ({e})", path=path,
-                            field=self.error.where) from None
+            raise CaffeError(f"cannot read the image ({e})", path=path,
+                             field=self.error.where) from None
         if self.size:
             img = cvimage.resize(img, *self.size)
         return img.transpose(2, 0, 1), line[1]
@@ -266,11 +264,11 @@ class ImageData(_PrefetchingData):
         try:
             text = pathlib.Path(source).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise UserError("list file not found (paths are relative to the working directory)",
-                            path=source, field=f"layer {self.name!r} (ImageData) "
-                            "image_data_param.source") from None
+            raise CaffeError("list file not found (paths are relative to the working directory)",
+                             path=source, field=f"layer {self.name!r} (ImageData) "
+                             "image_data_param.source") from None
         except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read the list file ({e})", path=source) from None
+            raise CaffeError(f"cannot read the list file ({e})", path=source) from None
         lines = []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -279,11 +277,11 @@ class ImageData(_PrefetchingData):
             try:
                 lines.append((path, int(label)))
             except ValueError:
-                raise UserError(f"expected 'path label' with an integer label, got {line!r}",
-                                path=f"{source}:{n}") from None
+                raise CaffeError(f"expected 'path label' with an integer label, got {line!r}",
+                                 path=f"{source}:{n}") from None
         if not lines:
-            raise UserError("the list file names no images", path=source,
-                            field=f"layer {self.name!r} (ImageData)")
+            raise CaffeError("the list file names no images", path=source,
+                             field=f"layer {self.name!r} (ImageData)")
         return lines
 
     @staticmethod

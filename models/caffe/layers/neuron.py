@@ -26,7 +26,9 @@ class ReLU(Neuron):
     def forward(self, bottoms, params):
         (x,) = bottoms
         slope = self.param.relu_param.negative_slope
-        inplace = self.inplace and not (x.is_leaf and x.requires_grad)   # (a leaf: run alone)
+        # not on a leaf the net differentiates (run alone), nor on a differentiated view:
+        # autograd drops the hook the net put on a view (to read its diff) once it changes
+        inplace = self.inplace and not (x.requires_grad and (x.is_leaf or x._base is not None))
         if slope:   # torch's in-place leaky_relu has no backward for slopes below 0
             return [F.leaky_relu(x, slope, inplace=inplace and slope > 0)]
         return [F.relu_(x) if inplace else F.relu(x)]
