@@ -8,7 +8,8 @@ import pytest
 
 import models.caffe as caffe
 from conftest import GOLDEN
-from models.caffe import cvimage, db, protoio
+from models.caffe import db, protoio
+from models.caffe import image as cvimage
 from models.caffe.proto import caffe_pb2
 
 DATA = GOLDEN / "data"

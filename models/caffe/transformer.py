@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cvimage, glog, protoio
+from . import glog, image, protoio
 from .proto import caffe_pb2
 from .rng import Stream, caffe_rng_rand
 
@@ -33,8 +33,8 @@ class DataTransformer:
         self.train = phase == TRAIN
         if param.force_color and param.force_gray:
             raise error("cannot set both force_color and force_gray", "transform_param")
-        self.flag = (cvimage.COLOR if param.force_color else
-                     cvimage.GRAYSCALE if param.force_gray else cvimage.UNCHANGED)
+        self.flag = (image.COLOR if param.force_color else
+                     image.GRAYSCALE if param.force_gray else image.UNCHANGED)
         self.mean = None            # C x H x W float32 (mean_file)
         self.mean_values = None     # float32 (mean_value)
         if param.HasField("mean_file"):
@@ -93,7 +93,7 @@ class DataTransformer:
         """A Datum's pixels as C x H x W (uint8, or float32 for float_data), decoding an
         encoded one as Caffe does (force_color / force_gray, else the file's own channels)."""
         if datum.encoded:
-            return cvimage.decode(datum.data, self.flag).transpose(2, 0, 1)
+            return image.decode(datum.data, self.flag).transpose(2, 0, 1)
         shape = (datum.channels, datum.height, datum.width)
         if len(datum.data):
             if len(datum.data) != shape[0] * shape[1] * shape[2]:
