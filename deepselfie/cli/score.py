@@ -36,26 +36,37 @@ def register(sub, common):
 
 
 def add_model_options(p):
-    """The options that pick the scoring net and its preprocessing (every stage that scores)."""
+    """The options that pick the scoring net and its preprocessing (every stage that scores).
+    With the model card that deepselfie train writes beside the snapshots, --weights is enough;
+    the other options override the card."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", "-model", metavar="DEPLOY", help="deploy prototxt (score.model)")
+    g.add_argument("--model", "-model", metavar="DEPLOY",
+                   help="deploy prototxt (score.model; default: the model card's)")
     g.add_argument("--weights", "-weights", metavar="W", help=".caffemodel (score.weights)")
-    g.add_argument("--mean", help="mean.binaryproto, mean JSON or B,G,R (score.mean)")
-    g.add_argument("--resize", choices=("squash", "crop", "oversample"),
-                   help="how images become net input (score.resize)")
+    g.add_argument("--mean", help="mean.binaryproto, mean JSON or B,G,R (score.mean; default: "
+                   "the model card's)")
+    g.add_argument("--resize", choices=("trained", "squash", "crop", "oversample"),
+                   help="how images become net input (score.resize): trained = the TEST phase "
+                        "of the training net, from the model card (default); squash, crop, "
+                        "oversample = hand-set, with per-channel mean values")
     g.add_argument("--scale", type=float, help="input scale after the mean, as the training "
-                   "net's transform_param (score.scale)")
+                   "net's transform_param (score.scale; default: the model card's)")
+    g.add_argument("--fast-decode", action="store_true", default=None,
+                   help="decode large JPEGs at reduced size: faster, but not the pixels the "
+                        "net was trained on (score.fast_decode)")
     g.add_argument("--batch-size", type=int, help="images per forward pass (score.batch_size)")
     g.add_argument("--device", help="cpu, cuda, cuda:N or auto (runtime.device)")
     g.add_argument("--fast", action="store_true", help="bf16 + channels_last (runtime.fast)")
 
 
 def make_scorer(args, cfg):
-    """The Scorer that the options of add_model_options and the config's score section ask
-    for."""
+    """The Scorer that the options of add_model_options, the config's score section and the
+    model card beside the weights ask for (in that order of precedence)."""
     import torch
 
+    from deepselfie.console import get_logger
     from deepselfie.errors import UserError
+    from models.selfie.card import find_card, missing_card_message
     from models.selfie.score import Scorer
 
     sc = cfg.score
@@ -65,12 +76,24 @@ def make_scorer(args, cfg):
                         path="--weights")
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
-    return Scorer(args.model or sc.model, weights, mean=args.mean or sc.mean,
-                  resize=args.resize or sc.resize,
-                  scale=args.scale if args.scale is not None else sc.scale,
-                  batch_size=args.batch_size or sc.batch_size,
-                  device=args.device or cfg.runtime.device,
-                  fast=args.fast or cfg.runtime.fast, good_class=sc.good_class)
+    model, mean = args.model or sc.model, args.mean or sc.mean
+    scale = args.scale if args.scale is not None else sc.scale
+    resize = args.resize or sc.resize
+    common = dict(batch_size=args.batch_size or sc.batch_size,
+                  device=args.device or cfg.runtime.device, fast=args.fast or cfg.runtime.fast,
+                  good_class=sc.good_class,
+                  fast_decode=bool(getattr(args, "fast_decode", None) or sc.fast_decode))
+    if find_card(weights) is not None:
+        return Scorer.from_card(weights, model=model, mean=mean, scale=scale, resize=resize,
+                                **common)
+    if not (model and mean):
+        raise UserError(missing_card_message(weights), path=weights)
+    if resize == "trained":
+        get_logger("score").info("no model card beside %s: squashing to the net's input with "
+                                 "the given mean", weights)
+        resize = "squash"
+    return Scorer(model, weights, mean=mean, resize=resize,
+                  scale=1.0 if scale is None else scale, **common)
 
 
 def run_fetch(args, cfg):

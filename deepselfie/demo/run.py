@@ -119,6 +119,7 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
     from deepselfie.report import pictures
     from models.caffe.tool import train
     from models.faces.stage import scan
+    from models.selfie.card import write_card
     from models.selfie.score import Scorer
     from scrape.stage import run_scrape
     from .mastodon import MastodonAPIServer
@@ -169,8 +170,8 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
 
     t0 = time.monotonic()
     deploy = ROOT / "prototxt" / "selfie_small_deploy.prototxt"
-    scorer = Scorer(deploy, weights, mean=run_dir / "mean.binaryproto", resize="squash",
-                    scale=0.0078125, batch_size=32, device=cfg.runtime.device)
+    write_card(solver_path, deploy=deploy)     # what deepselfie train writes beside snapshots
+    scorer = Scorer.from_card(weights, batch_size=32, device=cfg.runtime.device)
     test_acc, test_scored = _score_split(scorer, run_dir, data_dir, "test")
     heldout_dir = data_dir / "heldout"
     heldout_dir.mkdir(exist_ok=True)

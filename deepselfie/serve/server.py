@@ -31,7 +31,8 @@ from deepselfie.console import get_logger
 from deepselfie.errors import UserError
 
 from models.selfie.crop import CropSearch, cut_box, search_crop
-from models.selfie.score import ImageTooLarge, UnreadableImage, list_images, load_bgr, read_scores
+from models.caffe.image import ImageError
+from models.selfie.score import list_images, load_bgr, read_scores
 
 log = get_logger("serve")
 
@@ -141,9 +142,9 @@ class App:
     def _score(self, data: bytes, crop: bool) -> dict:
         try:
             image = load_bgr(io.BytesIO(data), max_pixels=self.max_pixels)
-        except ImageTooLarge as e:
-            raise ApiError(400, f"image too large: {e}") from None
-        except UnreadableImage as e:
+        except ImageError as e:
+            if e.kind == "too_large":
+                raise ApiError(400, f"image too large: {e}") from None
             raise ApiError(400, f"not an image we can read ({e}); send a JPEG, PNG, GIF, "
                                 f"BMP, TIFF or WebP file") from None
         h, w = image.shape[:2]

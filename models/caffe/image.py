@@ -122,7 +122,7 @@ def probe(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Header:
     except Exception as e:          # whatever a header parser says about bad bytes
         raise ImageError(f"corrupt image ({_short(e)})") from None
     if max_pixels and w * h > max_pixels:
-        raise ImageError(f"too many pixels ({w} x {h} = {w * h:,}; the limit is "
+        raise ImageError(f"too many pixels ({w} x {h} = {w * h:,} pixels; the limit is "
                          f"{int(max_pixels):,})", "too_large", size=(w, h), pixels=w * h)
     fmt = "JPEG" if fmt == "MPO" else fmt
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in info
