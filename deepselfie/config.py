@@ -81,7 +81,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "encoding": _k(str, "jpg", "Datum payload: jpg or png (encoded) or raw (BGR pixels)",
                        choices=("jpg", "png", "raw")),
         "jpeg_quality": _k(int, 95, "JPEG quality of encoded records (cv::imencode's default)"),
-        "processes": _k(int, 0, "processes that decode and encode images; 0 = one per CPU"),
+        "processes": _k(int, 0, "workers (threads) that decode and encode images; 0 = one per CPU"),
         "commit_every": _k(int, 1000, "LMDB records per transaction"),
     },
     "train": {
