@@ -62,6 +62,9 @@ def test_every_stage_refuses_eps_without_starting_anything(fake_gs, tmp_path):
             load()
     with pytest.raises(UserError, match="not an allowed image format"):
         load_rgb(eps)                                       # faces
+    from models.caffe import io as caffe_io
+    with pytest.raises(UserError, match="not an allowed image format"):
+        caffe_io.load_image(str(eps))                       # pycaffe's caffe.io
     with pytest.raises(Rejected, match="not an allowed image format"):
         inspect_image(EPS, max_pixels=10**6, min_side=1)    # scrape
     assert not fake_gs.exists()

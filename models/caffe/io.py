@@ -6,8 +6,6 @@ and back.
 """
 from __future__ import annotations
 
-import io as _io
-
 import numpy as np
 
 from deepselfie.errors import UserError
@@ -19,13 +17,18 @@ from .proto import caffe_pb2
 def load_image(filename, color=True) -> np.ndarray:
     """An image file as float32 H x W x 3 (RGB) or H x W x 1 in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
+
+    from .image import ALLOWED_FORMATS, ALLOWED_TEXT
     try:
-        with Image.open(filename) as im:
+        with Image.open(filename, formats=ALLOWED_FORMATS) as im:   # never EPS (Ghostscript)
             im.load()
             im = im.convert("RGB" if color else "L")
     except FileNotFoundError:
         raise UserError("file not found", path=filename) from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise UserError(f"not an allowed image format (allowed: {ALLOWED_TEXT})",
+                        path=filename) from None
+    except (OSError, ValueError) as e:
         raise UserError(f"not a readable image ({e})", path=filename) from None
     arr = np.asarray(im, dtype=np.float32) / 255.0
     return arr if color else arr[:, :, None]
@@ -146,14 +149,10 @@ def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
     """A Datum as C x H x W: uint8 for raw bytes, float32 for float_data; an encoded Datum is
     decoded (to BGR, as Caffe's OpenCV decoding gives)."""
     if datum.encoded:
-        from PIL import Image
-        with Image.open(_io.BytesIO(datum.data)) as im:
-            im.load()
-            gray = im.mode in ("L", "I;16", "I", "1") and datum.channels == 1
-            arr = np.asarray(im.convert("L" if gray else "RGB"))
-        if arr.ndim == 2:
-            return arr[None]
-        return arr[:, :, ::-1].transpose(2, 0, 1).copy()
+        from . import image
+        gray = image.probe(datum.data).mode in ("L", "I;16", "I", "1") and datum.channels == 1
+        arr = image.decode(datum.data, image.GRAYSCALE if gray else image.COLOR)
+        return arr.transpose(2, 0, 1).copy()
     shape = (datum.channels, datum.height, datum.width)
     if len(datum.data):
         return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
