@@ -142,8 +142,7 @@ def test_small_net_scores_files_as_its_test_phase_saw_the_lmdb(data_dir, tmp_pat
     tv = snap / "train_val.prototxt"
     tv.write_text(tv.read_text().replace(f"{run}/val_lmdb", f"{run}/test_lmdb"))
     _batch_one(tv)
-    # the deploy net by the naming convention: train_val -> deploy beside it
-    shutil.copy(ROOT / "prototxt" / "selfie_small_deploy.prototxt", snap / "deploy.prototxt")
+    # (write_small_net_files puts the deploy net beside the train_val, as deploy.prototxt)
     caffe.set_random_seed(3)
     weights = snap / "selfie_small_iter_10.caffemodel"
     caffe.Net(str(snap / "deploy.prototxt"), caffe.TEST).save(str(weights))

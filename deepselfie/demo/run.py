@@ -57,6 +57,9 @@ def write_small_net_files(run_dir, out: pathlib.Path, *, max_iter: int, test_int
     if batch_size is not None:
         tv = tv.replace("batch_size: 32", f"batch_size: {batch_size}")
     (out / "train_val.prototxt").write_text(tv)
+    # the deploy net beside the train_val, where the model card looks for it
+    (out / "deploy.prototxt").write_text(
+        (ROOT / "prototxt" / "selfie_small_deploy.prototxt").read_text())
     solver = (ROOT / "prototxt" / "selfie_small_solver.prototxt").read_text()
     solver = solver.replace('"prototxt/selfie_small_train_val.prototxt"',
                             f'"{out / "train_val.prototxt"}"')
