@@ -86,10 +86,10 @@ def data_dir(tmp_path_factory):
     return data
 
 
-def _label(cli, data, run, size):
+def _label(cli, data, run, size, encoding="png"):
     r = cli("label", "--data-dir", data, "--set", "label.group_size=20", "--set",
             f"label.new_height={size}", "--set", f"label.new_width={size}", "--set",
-            "label.processes=1", "--set", "label.encoding=png", "--set",
+            "label.processes=2", "--set", f"label.encoding={encoding}", "--set",
             f"label.run_name={run}", "--set", "label.test_ratio=0.5", "--set",
             "label.val_ratio=0.1", "--set", "label.train_ratio=0.4")
     assert r.returncode == 0, r.stderr
@@ -173,8 +173,11 @@ def test_small_net_scores_files_as_its_test_phase_saw_the_lmdb(data_dir, tmp_pat
     assert max(abs(old[k] - new[k]) for k in new) > 1e-4
 
 
-def test_vgg_shaped_net_with_crop_size(data_dir, tmp_path, cli):
-    run = _label(cli, data_dir, "vgg", 40)
+@pytest.mark.parametrize("encoding", ["png", "jpg"])
+def test_vgg_shaped_net_with_crop_size(data_dir, tmp_path, cli, encoding):
+    """png: lossless records. jpg: scoring repeats the records' JPEG round trip with the same
+    encoder (cv::imencode, quality 95), so it matches too."""
+    run = _label(cli, data_dir, f"vgg_{encoding}", 40, encoding)
     snap = tmp_path / "vgg"
     snap.mkdir()
     tv = snap / "vgglike_train_val.prototxt"
@@ -183,6 +186,7 @@ def test_vgg_shaped_net_with_crop_size(data_dir, tmp_path, cli):
     solver = snap / "solver.prototxt"
     solver.write_text(f'net: "{tv}"\nbase_lr: 0.01\nmax_iter: 1\nlr_policy: "fixed"\n'
                       f'snapshot_prefix: "{snap / "vgglike"}"\n')
+    assert json.loads((run / "manifest.json").read_text())["settings"]["encoding"] == encoding
     caffe.set_random_seed(5)
     weights = snap / "vgglike_iter_1.caffemodel"
     caffe.Net(str(snap / "vgglike_deploy.prototxt"), caffe.TEST).save(str(weights))
