@@ -5,8 +5,8 @@ read the image with the project's one loader (``models.caffe.image.load``: BGR, 
 applied as cv::imread does, transparency on white), resize it with cv::resize, then either encode
 it with cv::imencode (``jpg``/``png``: like ``--encoded --encode_type=jpg``) or keep the raw
 pixels as uint8 C x H x W in BGR order. ``decode_payload`` is the reverse, as compute_image_mean
-and the Data layer read a record. Only numpy, OpenCV and the runtime's image module are imported
-here, so worker processes start quickly.
+and the Data layer read a record. The work runs in worker threads (label.workers): OpenCV
+releases the GIL.
 """
 from __future__ import annotations
 
