@@ -21,7 +21,7 @@ setup(
         "pyyaml>=6",
         # what the stages need; torch==2.13.0 (the local CPU build) satisfies this range
         "torch>=2.2,<2.14",
-        "Pillow>=10",           # image headers only: the format allow-list, size, EXIF
+        "Pillow>=10",           # image headers (allow-list, size, EXIF), GIF, pictures
         "opencv-python-headless>=4.5",  # decoding, resizing, encoding: the OpenCV Caffe used
         "tqdm>=4.60",
         "matplotlib>=3.7",
