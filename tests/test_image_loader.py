@@ -142,6 +142,11 @@ def test_one_error_type_with_the_reason(tmp_path):
     with pytest.raises(image.ImageError, match="file not found") as e:
         image.load(tmp_path / "nope.png")
     assert e.value.kind == "missing"
+    # a small image header followed by megabytes: refused before the rest is read
+    padded = tmp_path / "padded.png"
+    padded.write_bytes(_encode(Image.new("RGB", (10, 10)), "PNG") + b"\0" * (2 << 20))
+    with pytest.raises(image.ImageError, match="far larger than its 10 x 10 pixels need"):
+        image.load(padded)
 
 
 def test_fast_decode_is_dct_scaling_and_only_on_request():

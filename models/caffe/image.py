@@ -96,14 +96,43 @@ def read_bytes(source) -> bytes:
         raise ImageError("is a directory, not an image", "missing") from None
 
 
-def probe(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Header:
-    """The header of ``data`` (nothing decoded); ImageError unless it is an allowed format with
-    at most ``max_pixels`` pixels."""
+def read_checked(source, max_pixels: int | None = MAX_PIXELS) -> tuple[bytes, Header]:
+    """(the bytes, the header) of an image: a path, bytes or a binary file object. A file's
+    header is read before the rest, so a file that is not an allowed image (a video in a photo
+    folder) is never read whole, nor one far larger than its pixels could need."""
+    if isinstance(source, (bytes, bytearray, memoryview)) or hasattr(source, "read"):
+        data = read_bytes(source)
+        return data, probe(data, max_pixels)
+    try:
+        with open(source, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = probe(f, max_pixels)
+            need = 8 * head.width * head.height + (1 << 20)    # 16-bit RGBA, uncompressed
+            if size > need:
+                raise ImageError(f"the file ({size:,} bytes) is far larger than its "
+                                 f"{head.width} x {head.height} pixels need")
+            f.seek(0)
+            return f.read(), head
+    except FileNotFoundError:
+        raise ImageError("file not found", "missing") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory, not an image", "missing") from None
+
+
+def probe(data, max_pixels: int | None = MAX_PIXELS) -> Header:
+    """The header of ``data`` (bytes, or a binary file object read from its start; nothing is
+    decoded); ImageError unless it is an allowed format with at most ``max_pixels`` pixels."""
     from PIL import Image, UnidentifiedImageError
+    if hasattr(data, "read"):
+        fp = data
+        data = fp.read(512)
+        fp.seek(0)
+    else:
+        fp = io.BytesIO(data)
     if not data:
         raise ImageError("empty file", "format")
     try:
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+        with Image.open(fp, formats=ALLOWED_FORMATS) as im:
             fmt, (w, h), mode, info = im.format, im.size, im.mode, im.info
             try:
                 orientation = int(im.getexif().get(_ORIENTATION_TAG, 1))
@@ -139,8 +168,7 @@ def load(source, *, max_pixels: int | None = MAX_PIXELS, min_side: int | None = 
     """An image (path, bytes or binary file) as C-contiguous uint8 H x W x 3 BGR, upright, alpha
     composited on white. With ``min_side`` a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
     DCT scaling) as long as both sides stay at least that long: faster, different pixels."""
-    data = read_bytes(source)
-    head = probe(data, max_pixels)
+    data, head = read_checked(source, max_pixels)
     if head.format == "GIF":
         bgr = _gif_first_frame(data)
     else:

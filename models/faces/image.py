@@ -19,8 +19,7 @@ def load_rgb(path, *, at_least: int = 0) -> tuple[np.ndarray, tuple[float, float
     never with its longer side below ``at_least``."""
     path = pathlib.Path(path)
     try:
-        data = image.read_bytes(path)
-        head = image.probe(data)
+        data, head = image.read_checked(path)
         min_side = None
         if at_least:
             # the shorter side that keeps the longer one at least ``at_least`` long
