@@ -21,7 +21,8 @@ setup(
         "pyyaml>=6",
         # what the stages need; torch==2.13.0 (the local CPU build) satisfies this range
         "torch>=2.2,<2.14",
-        "Pillow>=10",
+        "Pillow>=10",           # image headers (allow-list, size, EXIF), GIF, pictures
+        "opencv-python-headless>=4.5",  # decoding, resizing, encoding: the OpenCV Caffe used
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "scikit-learn>=1.2",    # PCA and t-SNE for the feature map (openTSNE is used if present)
@@ -34,7 +35,6 @@ setup(
             "hypothesis>=6",
             "grpcio-tools==1.85.1",  # protoc for the caffe_pb2 staleness test
             "plyvel>=1.5",  # the LevelDB backend's test
-            "opencv-python-headless>=4.5",  # reference for OpenCV-exact decoding and resizing
             "scikit-learn>=1.2",     # its sample photos (china.jpg, flower.jpg) for the face tests
             "selenium>=4.10",        # drives headless Chromium in the web page test
         ],

@@ -98,13 +98,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
                              rule=at_least(1)),
     },
     "score": {
-        "model": _k(str, "prototxt/selfie_vgg16_deploy.prototxt", "deploy prototxt"),
+        "model": _k(str, None, "deploy prototxt; null = the model card's", nullable=True),
         "weights": _k(str, None, "trained .caffemodel (from deepselfie train)", nullable=True),
-        "mean": _k(str, None, "mean.binaryproto, mean JSON or B,G,R used in training",
+        "mean": _k(str, None, "mean.binaryproto, mean JSON or B,G,R; null = the model card's",
                    nullable=True),
-        "resize": _k(str, "squash", "squash, crop or oversample",
-                     choices=("squash", "crop", "oversample")),
-        "scale": _k(float, 1.0, "input scale after the mean (the training transform_param)"),
+        "resize": _k(str, "trained", "trained (as the model card says), squash, crop or "
+                     "oversample", choices=("trained", "squash", "crop", "oversample")),
+        "scale": _k(float, None, "input scale after the mean; null = the model card's (else 1)",
+                    nullable=True),
+        "fast_decode": _k(bool, False, "decode large JPEGs at reduced size (faster, other "
+                          "pixels than training saw)"),
         "batch_size": _k(int, 16, "images per forward pass", rule=at_least(1)),
         "top": _k(int, 24, "images on the top-N contact sheet", rule=at_least(1)),
         "good_class": _k(int, 1, "softmax index of the 'good' class", rule=at_least(0)),
@@ -138,8 +141,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        choices=("jpg", "png", "raw")),
         "jpeg_quality": _k(int, 95, "JPEG quality of encoded records (cv::imencode's default)",
                            rule=between(1, 100)),
-        "processes": _k(int, 0, "processes that decode and encode images; 0 = one per CPU",
-                        rule=at_least(0)),
+        "processes": _k(int, 0, "workers (threads) that decode and encode images; 0 = one per "
+                        "CPU", rule=at_least(0)),
         "commit_every": _k(int, 1000, "LMDB records per transaction", rule=at_least(1)),
     },
     "train": {

@@ -14,11 +14,27 @@ from tqdm import tqdm
 log = logging.getLogger("deepselfie")
 
 
+class _StderrNow(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a record comes (a caller that runs
+    main() in process and swaps sys.stderr between runs must not leave it a closed stream)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     root = logging.getLogger("deepselfie")
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrNow()
         handler.setFormatter(logging.Formatter("%(levelname).1s %(asctime)s %(name)s] %(message)s",
                                                "%H:%M:%S"))
         root.addHandler(handler)

@@ -1,25 +1,25 @@
 """Image files to Datum payloads and back: the pixel work, done in worker processes.
 
 ``encode_file`` does what convert_imageset's ReadImageToDatum does for one line of a list file:
-read the image as 3-channel colour (EXIF orientation applied, as cv::imread does), resize it,
-then either encode it (``jpg``/``png``: the file bytes, like ``--encoded --encode_type=jpg``) or
-keep the raw pixels as uint8 C x H x W in BGR order. ``decode_payload`` is the reverse, as
-compute_image_mean and the Data layer read a record. Only numpy and PIL are imported here, so
-worker processes start quickly.
+read the image with the project's one loader (``models.caffe.image.load``: BGR, EXIF orientation
+applied as cv::imread does, transparency on white), resize it with cv::resize, then either encode
+it with cv::imencode (``jpg``/``png``: like ``--encoded --encode_type=jpg``) or keep the raw
+pixels as uint8 C x H x W in BGR order. ``decode_payload`` is the reverse, as compute_image_mean
+and the Data layer read a record. The work runs in worker threads (label.workers): OpenCV
+releases the GIL.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+
+from models.caffe import image
 
 from .resize import resize_image
 
 ENCODINGS = ("jpg", "png", "raw")
-_ORIENTATION = 0x0112          # the EXIF orientation tag
 
 
 @dataclass(frozen=True)
@@ -45,23 +45,7 @@ class Payload:
     width: int = 0
 
 
-class ImageReadError(Exception):
-    """The file is missing or is not an image PIL can decode."""
-
-
-def load_rgb(path) -> np.ndarray:
-    """The image at path as uint8 H x W x 3 RGB, turned upright by its EXIF orientation."""
-    try:
-        with Image.open(path) as im:
-            if im.getexif().get(_ORIENTATION, 1) != 1:
-                im = ImageOps.exif_transpose(im)
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im)
-    except FileNotFoundError:
-        raise ImageReadError("file not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"not a readable image ({e})") from None
+ImageReadError = image.ImageError     # the one image error: its reason says what is wrong
 
 
 def noise_rng(seed: int, key: str) -> np.random.Generator:
@@ -70,27 +54,22 @@ def noise_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def encode_array(rgb: np.ndarray, settings: EncodeSettings, noise_key: str = "") -> Payload:
-    """An RGB array resized and packed as settings say."""
+def encode_array(bgr: np.ndarray, settings: EncodeSettings, noise_key: str = "") -> Payload:
+    """A uint8 H x W x 3 BGR array resized and packed as settings say."""
     pads = settings.resize_mode in ("fill", "half_crop")
-    out = resize_image(rgb, settings.height, settings.width, settings.resize_mode,
+    out = resize_image(bgr, settings.height, settings.width, settings.resize_mode,
                        noise_rng(settings.seed, noise_key) if pads else None)
     if settings.encoding == "raw":
-        chw = np.ascontiguousarray(out[:, :, ::-1].transpose(2, 0, 1))   # RGB HWC -> BGR CHW
+        chw = np.ascontiguousarray(out.transpose(2, 0, 1))          # HWC -> CHW, BGR kept
         return Payload(chw.tobytes(), False, *chw.shape)
-    buf = io.BytesIO()
-    if settings.encoding == "jpg":
-        Image.fromarray(out).save(buf, format="JPEG", quality=settings.jpeg_quality)
-    elif settings.encoding == "png":
-        Image.fromarray(out).save(buf, format="PNG", compress_level=1)
-    else:
+    if settings.encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, not "
                          f"{settings.encoding!r}")
-    return Payload(buf.getvalue(), True)
+    return Payload(image.encode(out, "." + settings.encoding, settings.jpeg_quality), True)
 
 
 def encode_file(path, settings: EncodeSettings, noise_key: str = "") -> Payload:
-    return encode_array(load_rgb(path), settings, noise_key)
+    return encode_array(image.load(path), settings, noise_key)
 
 
 def encode_chunk(task):
@@ -109,9 +88,7 @@ def decode_payload(data: bytes, encoded: bool, channels=0, height=0, width=0) ->
     """A record's pixels as uint8 C x H x W, BGR (as Caffe's readers see them)."""
     if not encoded:
         return np.frombuffer(data, np.uint8).reshape(channels, height, width)
-    with Image.open(io.BytesIO(data)) as im:
-        rgb = np.asarray(im.convert("RGB"))
-    return np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1))
+    return np.ascontiguousarray(image.decode(data, image.COLOR).transpose(2, 0, 1))
 
 
 def sum_encoded(blobs):

@@ -9,21 +9,16 @@ the same picture downloaded twice is stored once.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pathlib
-import re
 import tempfile
 
-from PIL import Image
-
 from deepselfie.catalog import StoredImage
+from models.caffe import image
 
-# Formats kept, and the extension each is stored under. Image.open is limited to these, so no
-# other (rarer, less hardened) decoder ever sees downloaded bytes. MPO is how Pillow names the
-# JPEGs many phones write.
-FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
-OPENERS = ["JPEG", "PNG", "WEBP", "GIF"]   # Pillow's openers for those (MPO comes via JPEG)
+# Formats the store keeps (a subset of the loader's allow-list), and the extension each is
+# stored under.
+FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
 
 
 class Rejected(Exception):
@@ -34,50 +29,43 @@ class Rejected(Exception):
         self.reason = reason
 
 
-def _what_it_is(data: bytes, content_type: str | None) -> str:
-    head = data[:512].lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in head:
-        return "HTML"
-    if head.startswith((b"{", b"[")):
-        return "JSON"
-    if data[4:8] == b"ftyp":
-        return "a video or HEIF file"
-    return content_type or "unknown bytes"
-
-
 def inspect_image(data: bytes, *, max_pixels: int, min_side: int,
                   content_type: str | None = None) -> tuple[str, int, int]:
     """Decode ``data`` fully -> (format, width, height); Rejected if it is not a keepable image.
 
-    The size is checked from the header before any pixel is decoded, so a small file claiming
-    30000 x 30000 pixels (a decompression bomb) costs nothing.
+    The project's one loader (models.caffe.image) reads the header first, limited to its
+    allow-list of formats, so a small file claiming 30000 x 30000 pixels (a decompression bomb)
+    or a PostScript file costs nothing and starts nothing; then every pixel is decoded.
     """
     if not data:
         raise Rejected("empty file")
     try:
-        with Image.open(io.BytesIO(data), formats=OPENERS) as im:
-            fmt, (w, h) = im.format, im.size
-            if w * h > max_pixels:
-                raise Rejected(f"too many pixels ({w}x{h} > {max_pixels})")
-            if min(w, h) < min_side:
-                raise Rejected(f"too small ({w}x{h}, min side {min_side})")
-            im.load()
-    except Rejected:
-        raise
-    except Image.DecompressionBombError as e:
-        claimed = re.search(r"\((\d+) pixels\)", str(e))
-        raise Rejected(f"too many pixels ({claimed[1] if claimed else 'huge'} > {max_pixels})"
-                       ) from None
-    except Image.UnidentifiedImageError:
-        raise Rejected(f"not an image ({_what_it_is(data, content_type)})") from None
-    except Exception as e:  # whatever a decoder says about bad bytes: truncated, broken, ...
-        raise Rejected(f"undecodable image ({_reason(e)})") from None
-    return fmt, w, h
+        head = image.probe(data, max_pixels)
+    except image.ImageError as e:
+        raise _rejected(e, max_pixels, content_type) from None
+    w, h = head.width, head.height
+    if head.format not in FORMATS:
+        raise Rejected(f"not an allowed image format ({head.format}; kept: JPEG, PNG, WebP, "
+                       "GIF)")
+    if min(w, h) < min_side:
+        raise Rejected(f"too small ({w}x{h}, min side {min_side})")
+    try:
+        image.load(data, max_pixels=max_pixels)
+    except image.ImageError as e:
+        raise Rejected(f"undecodable image ({e.reason})") from None
+    return head.format, w, h
 
 
-def _reason(e: Exception) -> str:
-    text = str(e) or type(e).__name__
-    return text[:100]
+def _rejected(e: image.ImageError, max_pixels: int, content_type) -> Rejected:
+    if e.kind == "too_large":
+        claimed = f"{e.size[0]}x{e.size[1]}" if e.size else (e.pixels or "huge")
+        return Rejected(f"too many pixels ({claimed} > {max_pixels})")
+    if e.kind == "format":
+        if e.what == "PostScript":
+            return Rejected("not an allowed image format (PostScript)")
+        what = content_type if e.what == "unknown bytes" and content_type else e.what
+        return Rejected(f"not an image ({what})")
+    return Rejected(f"undecodable image ({e.reason})")
 
 
 class ImageStore:

@@ -12,8 +12,9 @@ from PIL import Image
 from skimage import data as skdata
 
 import models.caffe as caffe
+from models.caffe import db, glog, prefetch, protoio, rng
+from models.caffe import image as cvimage
 from models.caffe.errors import CaffeError
-from models.caffe import cvimage, db, glog, prefetch, protoio, rng
 from models.caffe.io import array_to_datum
 from models.caffe.proto import caffe_pb2
 

@@ -71,9 +71,9 @@ def test_train_small_net_then_score_heldout(tmp_path, cli, labeled):
         truth[dst.name] = int(label)
     assert len(truth) >= 10
     out = tmp_path / "scores.csv"
-    r = cli("score", folder, "--model", ROOT / "prototxt" / "selfie_small_deploy.prototxt",
-            "--weights", weights, "--mean", labeled / "mean.binaryproto", "--scale", "0.0078125",
-            "--out", out, cwd=tmp_path)
+    assert (tmp_path / "snap" / "selfie_small_card.json").is_file()
+    # the model card beside the snapshots says the rest (deploy, mean image, scale, size)
+    r = cli("score", folder, "--weights", weights, "--out", out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     correct = sum((float(row["score"]) > 0.5) == bool(truth[pathlib.Path(row["path"]).name])

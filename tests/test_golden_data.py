@@ -8,7 +8,8 @@ import pytest
 
 import models.caffe as caffe
 from conftest import golden_cases
-from models.caffe import cvimage, db, protoio
+from models.caffe import db, protoio
+from models.caffe import image as cvimage
 from models.caffe.proto import caffe_pb2
 
 CASES = golden_cases("data")            # "data/NAME" and "round2/data/NAME"

@@ -52,11 +52,11 @@ def _encode(fmt, size=(200, 150), **kw):
     (b'{"error": "not found"}', "not an image (JSON)"),
     (bomb_png(), "too many pixels (900000000 > 50000000)"),
     (bomb_png(9000, 9000), "too many pixels (9000x9000 > 50000000)"),
-    (photo(3)[:3000], "undecodable image (image file is truncated"),
+    (photo(3)[:3000], "undecodable image (corrupt or truncated JPEG"),
     (photo(3, fmt="PNG")[:5000], "undecodable image"),
     (photo(3, size=(300, 60)), "too small (300x60, min side 128)"),
-    (_encode("BMP"), "not an image"),      # a real image, but not a format we keep
-    (_encode("TIFF"), "not an image"),
+    (_encode("BMP"), "not an allowed image format (BMP"),    # an image, not a format we keep
+    (_encode("TIFF"), "not an allowed image format (TIFF"),
 ])
 def test_rejected_with_a_reason(data, reason):
     with pytest.raises(Rejected) as e:

@@ -56,13 +56,13 @@ def test_padding_noise_is_fixed_by_seed_and_key():
 
 
 def test_raw_payload_is_bgr_chw_and_encoded_payload_is_a_file():
-    rgb = np.zeros((8, 6, 3), np.uint8)
-    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 10, 20, 30
-    raw = encode_array(rgb, EncodeSettings(8, 6, "squash", "raw"))
+    bgr = np.zeros((8, 6, 3), np.uint8)             # the loader's order: B, G, R
+    bgr[..., 0], bgr[..., 1], bgr[..., 2] = 30, 20, 10
+    raw = encode_array(bgr, EncodeSettings(8, 6, "squash", "raw"))
     assert (raw.channels, raw.height, raw.width, raw.encoded) == (3, 8, 6, False)
     chw = decode_payload(raw.data, False, 3, 8, 6)
     assert chw[0].max() == chw[0].min() == 30 and chw[2].min() == 10      # B first
-    png = encode_array(rgb, EncodeSettings(8, 6, "squash", "png"))
+    png = encode_array(bgr, EncodeSettings(8, 6, "squash", "png"))
     assert png.encoded and png.data.startswith(b"\x89PNG")
     assert np.array_equal(decode_payload(png.data, True), chw)
 
@@ -135,7 +135,7 @@ def test_a_corrupt_file_names_itself_and_keeps_committed_batches(tmp_path):
     records = _images(tmp_path, 6, fmt="PNG")
     pathlib_bad = records[4].source
     open(pathlib_bad, "wb").write(b"not an image at all")
-    with pytest.raises(UserError, match="not a readable image") as e:
+    with pytest.raises(UserError, match="not an allowed image format") as e:
         build_lmdb(tmp_path / "db", records, EncodeSettings(8, 8), plan="p", commit_every=2)
     assert pathlib_bad in str(e.value)
     assert len(lmdb_items(partial_path(tmp_path / "db"))) == 4

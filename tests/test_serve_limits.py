@@ -17,7 +17,6 @@ import pytest
 import requests
 from PIL import Image
 
-from deepselfie.serve.decode import decode_bgr
 from deepselfie.serve.server import App, Reference, make_server, start_in_thread
 from deepselfie.serve.uploads import MAX_PARTS, ApiError, Body, find_file_part
 from models.selfie.score import Scorer, load_bgr
@@ -92,18 +91,21 @@ def test_an_eps_upload_never_starts_ghostscript(scorer, fake_gs):
     assert not fake_gs.exists()
 
 
-def test_the_decoder_gives_the_loaders_pixels_with_one_copy():
+def test_the_loader_makes_no_extra_full_size_copy():
     rng = np.random.default_rng(1)
     rgba = rng.integers(0, 256, (700, 300, 4), np.uint8)
-    data = png(rgba)
-    assert np.array_equal(decode_bgr(io.BytesIO(data)), load_bgr(io.BytesIO(data)))
+    alpha = rgba[:, :, 3:].astype(np.uint16)
+    white = (rgba[:, :, 2::-1].astype(np.uint16) * alpha + 255 * (255 - alpha) + 127) // 255
+    assert np.array_equal(load_bgr(io.BytesIO(png(rgba))), white.astype(np.uint8))
     big = png(np.zeros((2000, 2000, 4), np.uint8))          # 4 MP RGBA
     tracemalloc.start()
-    out = decode_bgr(io.BytesIO(big))
+    out = load_bgr(io.BytesIO(big))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert out.shape == (2000, 2000, 3)
-    assert peak < 2000 * 2000 * 4     # the BGR result (3 bytes a pixel) and strips: no 2nd copy
+    assert out.shape == (2000, 2000, 3) and (out == 255).all()
+    # the decoded BGRA (4 bytes a pixel), the BGR result (3) and the file: no other full copy
+    assert peak < 2000 * 2000 * 8, peak
+    assert peak > 2000 * 2000 * 3      # the measure sees the pixels at all
 
 
 def test_a_burst_of_60_clients_waits_in_the_backlog(scorer):

@@ -81,6 +81,7 @@ def _device_flags(p):
 
 def run_train(args, cfg):
     from models.caffe.tool import train
+    _write_model_card(args.solver)
     result = train(
         args.solver, weights=args.weights, snapshot=args.snapshot, gpu=args.gpu,
         backend=cfg.runtime.backend, fast=cfg.runtime.fast,
@@ -89,6 +90,24 @@ def run_train(args, cfg):
         metrics=cfg.train.metrics, curve_interval_s=cfg.train.curve_interval_s,
         relaunch_argv=_relaunch_argv(args), report=summary)
     return result if isinstance(result, int) else 0
+
+
+def _write_model_card(solver):
+    """The model card beside the snapshots (models.selfie.card), so that score, crop, tsne and
+    serve need only --weights. A net the card cannot describe trains all the same."""
+    from deepselfie.console import get_logger
+    from deepselfie.errors import UserError
+    from models.selfie.card import write_card
+    log = get_logger("train")
+    try:
+        path = write_card(solver)
+    except (UserError, OSError) as e:
+        log.warning("no model card written: %s", e)
+        return
+    if path is None:
+        log.warning("no model card written: the TEST net has no Data layer to describe")
+    else:
+        log.info("model card: %s", path)
 
 
 def run_test(args, cfg):

@@ -53,15 +53,25 @@ def register(sub, common):
 
 def add_model_options(p):
     """The options that pick the scoring net and its preprocessing (every command that scores);
-    each sets a config key. The command builds nets, so runtime.* applies to it."""
+    each sets a config key. With the model card that deepselfie train writes beside the
+    snapshots, --weights is enough; the other options override the card. The command builds
+    nets, so runtime.* applies to it."""
     g = p.add_argument_group("model")
     add_setting(g, "--model", "-model", key="score.model", metavar="DEPLOY",
-                help="deploy prototxt")
+                help="deploy prototxt (default: the model card's)")
     add_setting(g, "--weights", "-weights", key="score.weights", metavar="W", help=".caffemodel")
-    add_setting(g, "--mean", key="score.mean", help="mean.binaryproto, mean JSON or B,G,R")
-    add_setting(g, "--resize", key="score.resize", help="how images become net input")
+    add_setting(g, "--mean", key="score.mean",
+                help="mean.binaryproto, mean JSON or B,G,R (default: the model card's)")
+    add_setting(g, "--resize", key="score.resize",
+                help="how images become net input: trained = the TEST phase of the training "
+                     "net, from the model card (default); squash, crop, oversample = hand-set, "
+                     "with per-channel mean values")
     add_setting(g, "--scale", key="score.scale",
-                help="input scale after the mean, as the training net's transform_param")
+                help="input scale after the mean, as the training net's transform_param "
+                     "(default: the model card's)")
+    add_setting(g, "--fast-decode", key="score.fast_decode",
+                help="decode large JPEGs at reduced size: faster, but not the pixels the net "
+                     "was trained on")
     add_setting(g, "--batch-size", key="score.batch_size", metavar="N",
                 help="images per forward pass")
     add_setting(g, "--device", key="runtime.device", help="cpu, cuda, cuda:N or auto")
@@ -70,17 +80,32 @@ def add_model_options(p):
 
 
 def make_scorer(cfg):
-    """The Scorer that the config's score and runtime sections ask for."""
+    """The Scorer that the config's score and runtime sections (flags included) and the model
+    card beside the weights ask for; the config's values override the card's."""
+    from deepselfie.console import get_logger
     from deepselfie.errors import UserError
+    from models.selfie.card import find_card, missing_card_message
     from models.selfie.score import Scorer
 
     sc = cfg.score
-    if not sc.weights:
+    weights = sc.weights
+    if not weights:
         raise UserError("no weights: pass --weights (a .caffemodel from deepselfie train)",
                         path="--weights")
-    return Scorer(sc.model, sc.weights, mean=sc.mean, resize=sc.resize, scale=sc.scale,
-                  batch_size=sc.batch_size, device=cfg.runtime.device, fast=cfg.runtime.fast,
-                  good_class=sc.good_class)
+    common = dict(batch_size=sc.batch_size, device=cfg.runtime.device, fast=cfg.runtime.fast,
+                  good_class=sc.good_class, fast_decode=sc.fast_decode)
+    if find_card(weights) is not None:
+        return Scorer.from_card(weights, model=sc.model, mean=sc.mean, scale=sc.scale,
+                                resize=sc.resize, **common)
+    if not (sc.model and sc.mean):
+        raise UserError(missing_card_message(weights), path=weights)
+    resize = sc.resize
+    if resize == "trained":
+        get_logger("score").info("no model card beside %s: squashing to the net's input with "
+                                 "the given mean", weights)
+        resize = "squash"
+    return Scorer(sc.model, weights, mean=sc.mean, resize=resize,
+                  scale=1.0 if sc.scale is None else sc.scale, **common)
 
 
 def run_fetch(args, cfg):

@@ -76,6 +76,9 @@ def write_small_net_files(run_dir, out: pathlib.Path, *, max_iter: int, test_int
             layer.data_param.batch_size = batch_size
     train_val = out / "train_val.prototxt"
     write_prototxt(train_val, net)
+    # the deploy net beside the train_val, where the model card looks for it
+    (out / "deploy.prototxt").write_text(
+        (ROOT / "prototxt" / "selfie_small_deploy.prototxt").read_text())
 
     solver = read_prototxt(ROOT / "prototxt" / "selfie_small_solver.prototxt",
                            caffe_pb2.SolverParameter)
@@ -144,6 +147,7 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
     from label.stage import run_label
     from models.caffe.tool import train
     from models.faces.stage import scan
+    from models.selfie.card import write_card
     from models.selfie.score import Scorer
     from scrape.stage import run_scrape
 
@@ -196,8 +200,8 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
 
     t0 = time.monotonic()
     deploy = ROOT / "prototxt" / "selfie_small_deploy.prototxt"
-    scorer = Scorer(deploy, weights, mean=run_dir / "mean.binaryproto", resize="squash",
-                    scale=0.0078125, batch_size=32, device=cfg.runtime.device)
+    write_card(solver_path, deploy=deploy)     # what deepselfie train writes beside snapshots
+    scorer = Scorer.from_card(weights, batch_size=32, device=cfg.runtime.device)
     test_acc, test_scored = _score_split(scorer, run_dir, data_dir, "test")
     heldout_dir = data_dir / "heldout"
     heldout_dir.mkdir(exist_ok=True)

@@ -14,8 +14,8 @@ forwards are serialized by the Scorer's lock, so decoding and resizing overlap. 
 Memory is budgeted (serve section of config.yaml): bodies are held in memory up to
 ``body_memory_mb`` in all and spooled to disk beyond (serve.uploads); an upload is decoded only
 inside one of ``concurrent`` slots and once ``memory_mb`` has room for its pixels (known from
-the header; serve.decode), with one full-size copy. Only JPEG, PNG, GIF, BMP, TIFF and WebP are
-decoded (never PostScript: no Ghostscript). The listen backlog holds ``backlog`` waiting
+the header), by the project's one image loader (models.caffe.image), with one full-size copy.
+Only JPEG, PNG, GIF, BMP, TIFF and WebP are decoded (never PostScript: no Ghostscript). The listen backlog holds ``backlog`` waiting
 clients, and health checks are answered while uploads wait.
 """
 from __future__ import annotations
@@ -40,8 +40,8 @@ from deepselfie.embed import json_for_html
 from deepselfie.errors import UserError
 
 from models.selfie.crop import CropSearch, cut_box, search_crop
-from models.selfie.score import ImageTooLarge, UnreadableImage, list_images, read_scores
-from .decode import bytes_needed, decode_bgr, header_size
+from models.caffe import image as images
+from models.selfie.score import list_images, load_bgr, read_scores
 from .uploads import ApiError, Body, ByteBudget, read_body
 
 log = get_logger("serve")
@@ -133,9 +133,12 @@ class App:
         fp.seek(0)
         with self.slots:
             try:
-                need = bytes_needed(*header_size(fp, self.max_pixels))
-            except UnreadableImage as e:
+                head = images.probe(fp, self.max_pixels)   # the header only: nothing decoded
+            except images.ImageError as e:
                 raise _unreadable(e) from None
+            finally:
+                fp.seek(0)
+            need = bytes_needed(head.width, head.height)
             held = self.memory.take(need)
             try:
                 return self._score(fp, crop)
@@ -145,8 +148,8 @@ class App:
 
     def _score(self, fp, crop: bool) -> dict:
         try:
-            image = decode_bgr(fp, max_pixels=self.max_pixels)
-        except UnreadableImage as e:
+            image = load_bgr(fp, max_pixels=self.max_pixels)
+        except images.ImageError as e:
             raise _unreadable(e) from None
         h, w = image.shape[:2]
         result = {"width": w, "height": h}
@@ -165,8 +168,14 @@ class App:
         return result
 
 
-def _unreadable(e: UnreadableImage) -> ApiError:
-    if isinstance(e, ImageTooLarge):
+def bytes_needed(width: int, height: int) -> int:
+    """Memory to reserve for decoding and scoring an image: the decoded image (at most 4 bytes a
+    pixel), the BGR result (3) and the scorer's resized working copy (at most 4)."""
+    return int(width) * int(height) * 11
+
+
+def _unreadable(e: images.ImageError) -> ApiError:
+    if e.kind == "too_large":
         return ApiError(400, f"image too large: {e}")
     return ApiError(400, f"not an image we can read ({e}); send a JPEG, PNG, GIF, BMP, TIFF or "
                          "WebP file")

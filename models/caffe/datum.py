@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from google.protobuf import message as pb_message
 
-from . import cvimage
+from . import image
 from .proto import caffe_pb2
 
 
@@ -38,13 +38,13 @@ def decode_datum(value: bytes) -> caffe_pb2.Datum:
     return datum
 
 
-def datum_pixels(datum: caffe_pb2.Datum, flag: str = cvimage.UNCHANGED) -> np.ndarray:
+def datum_pixels(datum: caffe_pb2.Datum, flag: str = image.UNCHANGED) -> np.ndarray:
     """A Datum's pixels as C x H x W: uint8 for raw bytes, float32 for float_data; an encoded
-    Datum decoded as Caffe's DataTransformer decodes it (``flag``: cvimage.COLOR for
+    Datum decoded as Caffe's DataTransformer decodes it (``flag``: image.COLOR for
     force_color, GRAYSCALE for force_gray, else UNCHANGED: the file's own channels). Raises
-    ValueError (cvimage.ImageDecodeError for an undecodable image) on a malformed record."""
+    ValueError (image.ImageError for an undecodable image) on a malformed record."""
     if datum.encoded:
-        return cvimage.decode(datum.data, flag).transpose(2, 0, 1)
+        return image.decode(datum.data, flag).transpose(2, 0, 1)
     shape = (datum.channels, datum.height, datum.width)
     count = shape[0] * shape[1] * shape[2]
     if len(datum.data):

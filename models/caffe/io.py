@@ -17,13 +17,18 @@ from .protoio import array_to_blobproto, blobproto_to_array  # noqa: F401
 def load_image(filename, color=True) -> np.ndarray:
     """An image file as float32 H x W x 3 (RGB) or H x W x 1 in [0, 1]."""
     from PIL import Image, UnidentifiedImageError
+
+    from .image import ALLOWED_FORMATS, ALLOWED_TEXT
     try:
-        with Image.open(filename) as im:
+        with Image.open(filename, formats=ALLOWED_FORMATS) as im:   # never EPS (Ghostscript)
             im.load()
             im = im.convert("RGB" if color else "L")
     except FileNotFoundError:
         raise CaffeError("file not found", path=filename) from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise CaffeError(f"not an allowed image format (allowed: {ALLOWED_TEXT})",
+                         path=filename) from None
+    except (OSError, ValueError) as e:
         raise CaffeError(f"not a readable image ({e})", path=filename) from None
     arr = np.asarray(im, dtype=np.float32) / 255.0
     return arr if color else arr[:, :, None]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cvimage, glog, protoio
+from . import glog, image, protoio
 from .datum import datum_pixels
 from .proto import caffe_pb2
 from .rng import Stream, caffe_rng_rand
@@ -34,8 +34,8 @@ class DataTransformer:
         self.train = phase == TRAIN
         if param.force_color and param.force_gray:
             raise error("cannot set both force_color and force_gray", "transform_param")
-        self.flag = (cvimage.COLOR if param.force_color else
-                     cvimage.GRAYSCALE if param.force_gray else cvimage.UNCHANGED)
+        self.flag = (image.COLOR if param.force_color else
+                     image.GRAYSCALE if param.force_gray else image.UNCHANGED)
         self.mean = None            # C x H x W float32 (mean_file)
         self.mean_values = None     # float32 (mean_value)
         if param.HasField("mean_file"):

@@ -219,8 +219,7 @@ def crop_images(scorer, source, out_dir, search: CropSearch = CropSearch(),
     paths = list_images(source, exclude=out_dir)          # never crop our own crops
     names = _output_names(paths, source)
     model = {"deploy": _file_signature(scorer.deploy), "weights": _file_signature(scorer.weights),
-             "mean": [round(float(v), 4) for v in scorer.pre.mean], "resize": scorer.pre.resize,
-             "scale": scorer.pre.scale, "good_class": scorer.good_class}
+             "pre": scorer.pre.signature(), "good_class": scorer.good_class}
     records, failed, reused = [], [], 0
     bar = progress(total=len(paths), desc="crop", unit="img") if show_progress else None
     for p in paths:

@@ -28,8 +28,7 @@ def cache_key(scorer, paths, blob) -> str:
     pre = scorer.pre
     spec = {"files": [_signature(p) for p in paths], "model": _signature(scorer.deploy),
             "weights": _signature(scorer.weights), "blob": blob,
-            "pre": [[round(float(v), 4) for v in pre.mean], pre.resize, pre.base, pre.scale,
-                    pre.height, pre.width], "good_class": scorer.good_class}
+            "pre": pre.signature(), "good_class": scorer.good_class}
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:24]
 
 

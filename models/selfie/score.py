@@ -1,21 +1,19 @@
 """Score images with a trained deploy net: the probability of "good".
 
     from models.selfie.score import Scorer
+    scorer = Scorer.from_card("snap_iter_1000.caffemodel")     # as trained (the model card)
     scorer = Scorer("prototxt/selfie_vgg16_deploy.prototxt", "snap_iter_1000.caffemodel",
-                    mean="data/labels/mean.binaryproto")
+                    mean="data/labels/mean.binaryproto")       # hand-set: squash, mean values
     results, failed = scorer.score_paths(paths)       # [(path, score)], [(path, reason)]
 
-Preprocessing is the training net's: BGR, mean subtracted (per channel), then
-  squash       resize the whole image to the net's input (the article's bot did this)
-  crop         squash to the training resize (256) and take the center crop (as TEST saw val)
-  oversample   squash to 256 and average over ten crops (corners, center, mirrors), as
-               pycaffe's Classifier does
-Decoding runs in a thread pool ahead of the net, so the net does not wait for images.
+Images are read by the project's one loader (models.caffe.image) and become net input as
+models.selfie.preprocess says: by default as the TEST phase of the training net saw its records
+(the model card beside the weights says how), or by one of the hand-set modes squash, crop,
+oversample. Decoding runs in a thread pool ahead of the net, so the net does not wait for images.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import os
 import pathlib
 import threading
@@ -25,19 +23,16 @@ import numpy as np
 from deepselfie.console import get_logger, progress
 from deepselfie.errors import UserError
 from deepselfie.files import atomic_open
+from models.caffe import image
+
+from .preprocess import RESIZE_MODES, AsTrained, Preprocess, resize  # noqa: F401
 
 log = get_logger("score")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-RESIZE_MODES = ("squash", "crop", "oversample")
 
 
-class UnreadableImage(Exception):
-    pass
-
-
-class ImageTooLarge(UnreadableImage):
-    """More pixels than the caller allows (checked from the header, before decoding)."""
+UnreadableImage = image.ImageError      # the one image error (kind "too_large" for the limit)
 
 
 def list_images(root, exclude=None) -> list[pathlib.Path]:
@@ -54,42 +49,12 @@ def list_images(root, exclude=None) -> list[pathlib.Path]:
 
 
 def load_bgr(path, max_pixels=None, min_side=None) -> np.ndarray:
-    """An image (a path or a binary file object) as H x W x 3 uint8 BGR; transparency is
-    composited on white. Raises UnreadableImage with the reason; ImageTooLarge when the header
-    says more than ``max_pixels`` (nothing is decoded then). With ``min_side``, a large JPEG is
-    decoded at a reduced scale (1/2, 1/4 or 1/8, DCT scaling) that keeps both sides at least
-    that long: much faster when the net needs far fewer pixels than the photo has."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if max_pixels and w * h > max_pixels:
-                raise ImageTooLarge(f"the image is {w} x {h} = {w * h:,} pixels; the limit is "
-                                    f"{int(max_pixels):,}")
-            if min_side and im.format == "JPEG":
-                im.draft("RGB", (int(min_side), int(min_side)))
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, rgba)
-            rgb = np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise UnreadableImage("not an image") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise UnreadableImage(f"unreadable image ({e})") from None
-    except Image.DecompressionBombError as e:
-        raise UnreadableImage(str(e)) from None
-    return np.ascontiguousarray(rgb[:, :, ::-1])
-
-
-def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of an H x W x 3 uint8 image (PIL, antialiased when shrinking)."""
-    from PIL import Image
-    if img.shape[:2] == (h, w):
-        return img
-    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+    """An image (a path, bytes or a binary file object) as H x W x 3 uint8 BGR, through the one
+    loader: upright, transparency on white; ImageError with the reason (kind "too_large" when
+    the header says more than ``max_pixels``; nothing is decoded then). With ``min_side``, a
+    large JPEG is decoded at a reduced scale (DCT scaling) that keeps both sides at least that
+    long: faster, but not the pixels the net was trained on (``--fast-decode``)."""
+    return image.load(path, max_pixels=max_pixels or image.MAX_PIXELS, min_side=min_side)
 
 
 def read_mean(spec) -> np.ndarray:
@@ -128,62 +93,15 @@ def read_mean(spec) -> np.ndarray:
     return values.astype(np.float32)
 
 
-@dataclasses.dataclass
-class Preprocess:
-    """How an image becomes net input: 3 x H x W float32, BGR, mean-subtracted, scaled."""
-
-    height: int
-    width: int
-    mean: np.ndarray
-    resize: str = "squash"
-    base: int | None = None        # the training resize (crop/oversample); default 256/224
-    scale: float = 1.0
-
-    def __post_init__(self):
-        if self.resize not in RESIZE_MODES:
-            raise UserError(f"must be one of {', '.join(RESIZE_MODES)}", path="--resize",
-                            field=self.resize)
-        if self.base is None:
-            self.base = max(self.height, self.width) * 256 // 224
-
-    @property
-    def needed_side(self) -> int:
-        """The longest side the preprocessing resizes an image to."""
-        return max(self.height, self.width, 0 if self.resize == "squash" else self.base)
-
-    @property
-    def crops(self) -> int:
-        return 10 if self.resize == "oversample" else 1
-
-    def __call__(self, img: np.ndarray) -> np.ndarray:
-        """H x W x 3 uint8 BGR -> crops x 3 x H x W float32."""
-        h, w = self.height, self.width
-        if self.resize == "squash":
-            views = [resize(img, h, w)]
-        else:
-            big = resize(img, max(self.base, h), max(self.base, w))
-            bh, bw = big.shape[:2]
-            y, x = (bh - h) // 2, (bw - w) // 2
-            if self.resize == "crop":
-                views = [big[y:y + h, x:x + w]]
-            else:
-                starts = [(0, 0), (0, bw - w), (bh - h, 0), (bh - h, bw - w), (y, x)]
-                five = [big[a:a + h, b:b + w] for a, b in starts]
-                views = five + [v[:, ::-1] for v in five]
-        arr = np.stack(views).astype(np.float32)               # k, H, W, 3
-        arr -= self.mean
-        if self.scale != 1.0:
-            arr *= self.scale
-        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
-
-
 class Scorer:
     """A deploy net loaded once, scoring images in batches. ``good_class`` is the softmax index of
     "good" (label 1 in the label stage)."""
 
     def __init__(self, deploy, weights, *, mean=None, resize="squash", base=None, scale=1.0,
                  batch_size=16, device=None, fast=False, good_class=1, output=None,
-                 workers=None):
+                 workers=None, card=None, fast_decode=False):
+        """``resize="trained"`` preprocesses as the model ``card`` says (``mean`` and ``scale``,
+        when not None, override the card's); the other modes use ``mean``'s channel values."""
         from models import caffe
         from models.caffe.state import resolve_device
         self.deploy, self.weights = pathlib.Path(deploy), pathlib.Path(weights)
@@ -197,16 +115,54 @@ class Scorer:
             raise UserError(f"input {self.input!r} must be N x 3 x H x W, is {shape}",
                             path=deploy)
         self.output = output or self.net.outputs[-1]
-        self.pre = Preprocess(shape[2], shape[3], read_mean(mean), resize, base, scale)
+        if resize == "trained":
+            if card is None:
+                raise UserError("--resize trained needs the model card of the weights",
+                                path=weights)
+            self.pre = AsTrained(card, mean=mean, scale=scale)
+            if (self.pre.height, self.pre.width) != tuple(shape[2:]):
+                raise UserError(f"the deploy net takes {shape[2]}x{shape[3]} inputs but the "
+                                f"training net's TEST phase gives {self.pre.height}x"
+                                f"{self.pre.width} (model card {card.get('path')})",
+                                path=deploy)
+        else:
+            self.pre = Preprocess(shape[2], shape[3], read_mean(mean), resize, base,
+                                  1.0 if scale is None else scale)
+        self.fast_decode = bool(fast_decode)
         self.batch_size = max(1, int(batch_size))
         self.good_class = good_class
         self.workers = workers or min(8, (os.cpu_count() or 2))
         self.failed = []
         self.lock = threading.Lock()   # one forward at a time: the net's blobs are shared state
 
+    @classmethod
+    def from_card(cls, weights, **kw):
+        """The scorer a snapshot's model card describes (``kw`` overrides: model=DEPLOY, mean,
+        scale, resize, batch_size, device, ...); UserError naming the flags when there is no
+        card."""
+        from .card import find_card, missing_card_message
+        card = find_card(weights)
+        deploy = kw.pop("model", None) or (card or {}).get("deploy")
+        if card is None or not deploy:
+            if card is not None:
+                raise UserError("the model card names no deploy net (none beside the "
+                                "train_val): pass --model DEPLOY", path=card["path"])
+            raise UserError(missing_card_message(weights), path=weights)
+        kw.setdefault("resize", "trained")
+        if kw.get("scale") is None and kw["resize"] != "trained":
+            kw["scale"] = card["transform"]["scale"]
+        if kw.get("mean") is None and kw["resize"] != "trained":
+            t = card["transform"]
+            values = t.get("mean_value") or []
+            kw["mean"] = t.get("mean_file") or ((values * 3)[:3] if values else None)
+        if kw["resize"] == "trained" and card.get("classes") and "good_class" not in kw:
+            kw["good_class"] = card["classes"].index("good") if "good" in card["classes"] else 1
+        return cls(deploy, weights, card=card, **kw)
+
     def load(self, path) -> np.ndarray:
-        """An image file as this scorer reads it (BGR, large JPEGs decoded at reduced scale)."""
-        return load_bgr(path, min_side=self.pre.needed_side)
+        """An image file as this scorer reads it (BGR; large JPEGs decoded at reduced scale
+        only with fast_decode)."""
+        return load_bgr(path, min_side=self.pre.needed_side if self.fast_decode else None)
 
     def _prepare(self, path):
         try:

@@ -21,7 +21,7 @@ import weakref
 import numpy as np
 import torch
 
-from .. import cvimage, db, glog, rng
+from .. import db, glog, image, rng
 from ..datum import decode_datum
 from ..errors import CaffeError
 from ..filler import fill
@@ -69,7 +69,7 @@ class DatumRecords:
             raise self.error(f"{self.describe(record)}: {e}") from None
         try:
             img = self.transformer.datum_image(datum)
-        except cvimage.ImageDecodeError as e:
+        except image.ImageError as e:
             raise self.error(f"{self.describe(record)}: cannot decode its image ({e})") from None
         except ValueError as e:
             raise self.error(f"{self.describe(record)}: {e}") from None
@@ -81,7 +81,7 @@ class ImageFiles:
 
     def __init__(self, param: caffe_pb2.ImageDataParameter, error):
         self.root = param.root_folder
-        self.flag = cvimage.COLOR if param.is_color else cvimage.GRAYSCALE
+        self.flag = image.COLOR if param.is_color else image.GRAYSCALE
         self.size = (param.new_height, param.new_width) if param.new_height > 0 else None
         self.error = error
 
@@ -91,18 +91,18 @@ class ImageFiles:
     def load(self, line):
         path = self.root + line[0]          # Caffe joins them as strings
         try:
-            img = cvimage.read(path, self.flag)
+            img = image.read(path, self.flag)
         except FileNotFoundError:
             hint = ""
             if self.root and not self.root.endswith("/"):
                 hint = " (root_folder is prefixed as is: end it with '/')"
             raise CaffeError(f"image not found{hint}", path=path,
                              field=self.error.where) from None
-        except (cvimage.ImageDecodeError, OSError) as e:
+        except (image.ImageError, OSError) as e:
             raise CaffeError(f"cannot read the image ({e})", path=path,
                              field=self.error.where) from None
         if self.size:
-            img = cvimage.resize(img, *self.size)
+            img = image.resize(img, *self.size)
         return img.transpose(2, 0, 1), line[1]
 
 
