@@ -45,6 +45,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "device": _k(str, "auto", "auto, cpu, cuda or cuda:N"),
         "fast": _k(bool, False, "bf16 autocast and channels_last (inexact, faster)"),
         "threads": _k(int, 0, "CPU threads for torch; 0 keeps torch's default"),
+        "compile": _k(str, "auto", "compiled inference (inductor, frozen weights): auto compiles "
+                      "when the work pays for it", choices=("auto", "on", "off")),
     },
     "score": {
         "model": _k(str, "prototxt/selfie_vgg16_deploy.prototxt", "deploy prototxt"),

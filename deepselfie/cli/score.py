@@ -70,7 +70,8 @@ def make_scorer(args, cfg):
                   scale=args.scale if args.scale is not None else sc.scale,
                   batch_size=args.batch_size or sc.batch_size,
                   device=args.device or cfg.runtime.device,
-                  fast=args.fast or cfg.runtime.fast, good_class=sc.good_class)
+                  fast=args.fast or cfg.runtime.fast, good_class=sc.good_class,
+                  compile=cfg.runtime.compile, compile_cache=cfg.data_dir / "cache" / "inductor")
 
 
 def run_fetch(args, cfg):

@@ -183,7 +183,7 @@ class Scorer:
 
     def __init__(self, deploy, weights, *, mean=None, resize="squash", base=None, scale=1.0,
                  batch_size=16, device=None, fast=False, good_class=1, output=None,
-                 workers=None):
+                 workers=None, compile="off", compile_cache=None):
         from models import caffe
         from models.caffe.state import resolve_device
         self.deploy, self.weights = pathlib.Path(deploy), pathlib.Path(weights)
@@ -203,6 +203,9 @@ class Scorer:
         self.workers = workers or min(8, (os.cpu_count() or 2))
         self.failed = []
         self.lock = threading.Lock()   # one forward at a time: the net's blobs are shared state
+        # compiled inference (models.caffe.compiled): runtime.compile, its cache folder, and the
+        # number of images the current job will run (what "auto" weighs against the compile)
+        self.compile, self.compile_cache, self.work_images = compile, compile_cache, None
 
     def load(self, path) -> np.ndarray:
         """An image file as this scorer reads it (BGR, large JPEGs decoded at reduced scale)."""
@@ -218,12 +221,16 @@ class Scorer:
         """One forward of N*crops x 3 x H x W inputs -> (N probabilities of "good", {blob: N x D
         values}), crops averaged. Thread-safe: forwards are serialized by ``self.lock``."""
         import torch
+
+        from models.caffe import compiled
         for blob in blobs:
             self.check_blob(blob)
         k = self.pre.crops
         n = len(batch) // k
         with self.lock, torch.no_grad():
-            probs = self.net.forward(**{self.input: batch})[self.output]
+            probs = compiled.forward(self.net, (self.output, *blobs), self.compile,
+                                     self.work_images, self.compile_cache, pad_batch=True,
+                                     **{self.input: batch})[self.output]
             probs = np.array(probs, dtype=np.float32).reshape(n, k, -1)
             values = {b: np.array(self.net.blobs[b].data, dtype=np.float32).reshape(n, k, -1)
                       .mean(axis=1) for b in blobs}
@@ -253,6 +260,7 @@ class Scorer:
         """Decode ahead in threads; yield (paths, inputs) batches. Files that cannot be read
         are skipped with a warning and listed in ``self.failed``."""
         failed = self.failed = []
+        self.work_images = len(paths) * self.pre.crops
         bar = progress(total=len(paths), desc=desc, unit="img") \
             if show_progress else None
         batch_paths, batch_arrays = [], []
