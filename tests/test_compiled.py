@@ -194,6 +194,14 @@ def test_a_net_that_fails_to_compile_runs_eagerly(golden, monkeypatch, caplog):
     assert compiled.compiled_forward(net, ["conv"], "on") is None
 
 
+def test_a_bad_input_is_the_users_error_not_a_compile_failure(golden):
+    from deepselfie.errors import UserError
+    net, inputs, _ = golden_net("conv_basic")
+    with pytest.raises(UserError, match="no blob named 'nosuch'"):
+        compiled.forward(net, ["conv"], "on", nosuch=inputs["data"])
+    assert net not in compiled._failed
+
+
 CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -266,11 +274,14 @@ def test_zoo_caffenet_compiled_matches_eager(tmp_path):
                 t = blob.tensor
                 fan_in = max(1, t[0].numel()) if t.dim() > 1 else 1
                 t.normal_(0, (2.0 / fan_in) ** 0.5 if t.dim() > 1 else 0.01, generator=g)
+        net.params["fc8"][0].tensor.mul_(0.02)    # logits of a few units: a soft softmax
     x = np.random.RandomState(0).uniform(-60, 60, shape).astype(np.float32)
     with torch.no_grad():
-        eager = {k: v.copy() for k, v in net.forward(blobs=["fc7"], data=x).items()}
-    out = compiled.forward(net, ["fc7"], "on", None, tmp_path / "inductor", data=x)
-    assert compiled.compiled_forward(net, ["fc7"], "on", None, tmp_path / "inductor").builds == 1
-    for key in ("fc7", "prob"):
+        eager = {k: v.copy() for k, v in net.forward(blobs=["fc7", "fc8"], data=x).items()}
+    assert 0.002 < eager["prob"].max() < 0.9
+    out = compiled.forward(net, ["fc7", "fc8"], "on", None, tmp_path / "inductor", data=x)
+    fwd = compiled.compiled_forward(net, ["fc7", "fc8"], "on", None, tmp_path / "inductor")
+    assert fwd.builds == 1
+    for key in ("fc7", "fc8", "prob"):
         assert np.abs(eager[key]).max() > 0
         assert rel_err(out[key], eager[key]) <= 1e-5, key
