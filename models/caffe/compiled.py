@@ -1,9 +1,10 @@
 """Compiled inference: a TEST net's forward as one graph, compiled by torch inductor.
 
-    from models.caffe.compiled import compiled_forward
-    fwd = compiled_forward(net, outputs=["prob", "fc7"], mode="auto", work_images=n,
-                           cache_dir=data_dir / "cache" / "inductor")
-    out = fwd(data=batch)        # {"prob": array, "fc7": array}, also in net.blobs[...]
+    from models.caffe import compiled
+    out = compiled.forward(net, ["prob", "fc7"], mode="auto", work_images=n,
+                           cache_dir=data_dir / "cache" / "inductor", data=batch)
+    # {"prob": array, "fc7": array}, also in net.blobs[...]; eager when mode says so
+    fwd = compiled.compiled_forward(net, ["fc7"], mode="on")   # the callable itself (or None)
 
 How: the net's layers (after its source layers: Input, Data...) become one pure function of the
 source tops and the parameters (a small torch.nn.Module whose forward calls each layer's own
@@ -15,19 +16,20 @@ prepacked (oneDNN) weights, which is where the speed over the eager net comes fr
 
 Inductor's caches live under ``cache_dir`` (the data dir's ``cache/inductor``): the generated C++
 kernels and their compiled shared objects, keyed by their source, and the FX graph cache. A
-second process building the same net compiles no kernel (VGG16: 52 s cold, 21 s cached, most of
+second process building the same net compiles no kernel (VGG16: 35 s cold, 16 s cached, most of
 it tracing and lowering). Torch leaves graphs holding prepacked oneDNN weights out of its FX
 graph cache ("mkldnn tensors unpickleable"), so for such nets the kernels are what is reused.
 
 What the caller gets back are the blobs it asked for (and the net's outputs); they are also put
 into ``net.blobs`` so that ``net.blobs[name].data`` reads them as after an eager forward. Other
-intermediate blobs are not kept (asking for another blob builds another compiled function).
+intermediate blobs are not written (they keep whatever an earlier eager forward left); asking
+for another blob builds another compiled function. The compiled forward records no autograd
+graph: it is for nets that will not run backward (the caller decides; Scorer's are such).
 
 When it runs (``mode``): "off" never; "on" for every net it can compile; "auto" when the work
 pays for the compile: images x forward FLOPs per image >= AUTO_MIN_FLOPS (see there). Nets it
-cannot compile run eagerly: TRAIN phase (random draws, running statistics), fast mode (bf16), a
-net that records a graph for backward (grad enabled and layers needing backward), or a trace
-that fails (logged once). A net whose parameters are replaced or written through torch after
+cannot compile run eagerly: TRAIN phase (random draws, running statistics), fast mode (bf16),
+real pycaffe nets, or a trace or compile that fails (logged once). A net whose parameters are replaced or written through torch after
 compiling is compiled again; writes through a parameter's numpy ``.data`` view are not seen:
 call ``invalidate(net)`` after those.
 """
@@ -50,11 +52,15 @@ log = logging.getLogger("models.caffe.compiled")
 
 MODES = ("auto", "on", "off")
 
-# "auto" compiles when images x FLOPs per image reaches this. Measured on the 2-core CPU
-# (benchmarks/bench_runtime.py --compiled): VGG16 (31 GFLOP per 224x224 image) compiles cold in
-# about COLD_S seconds and saves about SAVED_S seconds per image. The threshold is the work at
-# which a cold compile pays for itself: 2e12 FLOPs is ~65 VGG16 images, ~1000 images of the small
-# selfie net; once the cache holds the graph, the rebuild is a fraction of that.
+# "auto" compiles when images x FLOPs per image (forward_flops) reaches AUTO_MIN_FLOPS: the work
+# at which a cold compile has paid for itself. Measured on the shared 2-core CPU (load 5-7,
+# benchmarks/bench_runtime.py and the small selfie net at batch 16), fp32:
+#   VGG16 224x224 (30.9 GFLOP/image): compile 35 s cold, 16 s cached; saves 0.43 s per image
+#     (0.98 -> 1.68 img/s): pays after ~80 images cold (2.5e12 FLOPs), ~35 cached (1.1e12);
+#   selfie_small 64x64 (0.08 GFLOP/image): 21 s cold, 8 s cached; saves ~1.8 ms per image:
+#     pays after ~12000 images cold (1e12 FLOPs), ~4500 cached.
+# Compile time grows with the number of layers, not with FLOPs, so one FLOP threshold is a
+# compromise: 2e12 is ~65 VGG16 images or ~25000 small-net images.
 AUTO_MIN_FLOPS = 2e12
 
 _failed: "weakref.WeakSet" = weakref.WeakSet()   # nets that did not compile
