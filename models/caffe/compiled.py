@@ -244,8 +244,9 @@ class CompiledForward:
                 except Exception as e:   # a layer torch cannot trace, no C++ compiler, ...
                     raise CompileError(f"{type(e).__name__}: {e}") from e
                 self.functions[key] = fn
-            else:
-                outs = fn(*args)
+            else:   # (a guard that fails would recompile: with the same settings)
+                with _inductor_settings(self.cache_dir):
+                    outs = fn(*args)
         result = {}
         for name, tid, t in zip(self.names, self.output_ids, outs):
             blob = net._blobs[tid]
