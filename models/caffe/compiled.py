@@ -16,8 +16,8 @@ prepacked (oneDNN) weights, which is where the speed over the eager net comes fr
 
 Inductor's caches live under ``cache_dir`` (the data dir's ``cache/inductor``): the generated C++
 kernels and their compiled shared objects, keyed by their source, and the FX graph cache. A
-second process building the same net compiles no kernel (VGG16: 35 s cold, 16 s cached, most of
-it tracing and lowering). Torch leaves graphs holding prepacked oneDNN weights out of its FX
+second process building the same net compiles no kernel (VGG16 224x224: 19-35 s cold, 5-16 s
+cached on the shared 2-core CPU, most of it tracing and lowering). Torch leaves graphs holding prepacked oneDNN weights out of its FX
 graph cache ("mkldnn tensors unpickleable"), so for such nets the kernels are what is reused.
 
 What the caller gets back are the blobs it asked for (and the net's outputs); they are also put
@@ -55,8 +55,9 @@ MODES = ("auto", "on", "off")
 # "auto" compiles when images x FLOPs per image (forward_flops) reaches AUTO_MIN_FLOPS: the work
 # at which a cold compile has paid for itself. Measured on the shared 2-core CPU (load 5-7,
 # benchmarks/bench_runtime.py and the small selfie net at batch 16), fp32:
-#   VGG16 224x224 (30.9 GFLOP/image): compile 35 s cold, 16 s cached; saves 0.43 s per image
-#     (0.98 -> 1.68 img/s): pays after ~80 images cold (2.5e12 FLOPs), ~35 cached (1.1e12);
+#   VGG16 224x224 (30.9 GFLOP/image), batch 2: at load 6-7, compile 35 s cold, 16 s cached,
+#     0.98 -> 1.68 img/s: pays after ~80 images cold (2.5e12 FLOPs), ~35 cached (1.1e12); at
+#     load 3-4, 19 s cold, 5.4 s cached, 2.35 -> 4.17 img/s: ~100 images cold, ~30 cached;
 #   selfie_small 64x64 (0.08 GFLOP/image): 21 s cold, 8 s cached; saves ~1.8 ms per image:
 #     pays after ~12000 images cold (1e12 FLOPs), ~4500 cached.
 # Compile time grows with the number of layers, not with FLOPs, so one FLOP threshold is a
