@@ -17,8 +17,9 @@ prepacked (oneDNN) weights, which is where the speed over the eager net comes fr
 Inductor's caches live under ``cache_dir`` (the data dir's ``cache/inductor``): the generated C++
 kernels and their compiled shared objects, keyed by their source, and the FX graph cache. A
 second process building the same net compiles no kernel (VGG16 224x224: 19-35 s cold, 5-16 s
-cached on the shared 2-core CPU, most of it tracing and lowering). Torch leaves graphs holding prepacked oneDNN weights out of its FX
-graph cache ("mkldnn tensors unpickleable"), so for such nets the kernels are what is reused.
+cached on the shared 2-core CPU, the rest being tracing and lowering). Torch leaves graphs
+holding prepacked oneDNN weights out of its FX graph cache ("mkldnn tensors unpickleable"), so
+for such nets the kernels are what is reused.
 
 What the caller gets back are the blobs it asked for (and the net's outputs); they are also put
 into ``net.blobs`` so that ``net.blobs[name].data`` reads them as after an eager forward. Other
