@@ -228,6 +228,8 @@ def _check_value(value, key: Key, where: str, name: str):
             return None
         raise UserError(f"must be {_type_name(key.type)}, not null", path=where, field=name)
     t = key.type
+    if t is str and isinstance(value, bool) and {"on", "off"} <= set(key.choices):
+        value = "on" if value else "off"   # YAML 1.1 reads a bare on/off as true/false
     ok = isinstance(value, t) and not (t in (int, float) and isinstance(value, bool))
     if t is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True

@@ -94,6 +94,19 @@ def test_off_never_compiles(golden, tmp_path):
     assert not (tmp_path / "inductor").exists()
 
 
+def test_runtime_compile_config_key(tmp_path):
+    """auto|on|off; a bare on/off (YAML reads it as a boolean) means on/off."""
+    from deepselfie.config import load_config
+    from deepselfie.errors import UserError
+    assert load_config(tmp_path / "none.yaml").runtime.compile == "auto"
+    path = tmp_path / "config.yaml"
+    path.write_text("runtime:\n  compile: off\n")
+    assert load_config(path).runtime.compile == "off"
+    assert load_config(path, overrides=["runtime.compile=on"]).runtime.compile == "on"
+    with pytest.raises(UserError, match="must be one of auto, on, off"):
+        load_config(path, overrides=["runtime.compile=sometimes"])
+
+
 def test_auto_compiles_when_the_work_pays(golden):
     net, _, _ = golden_net("conv_basic")
     conv = net.layer_dict["conv"]
@@ -285,3 +298,30 @@ def test_zoo_caffenet_compiled_matches_eager(tmp_path):
     for key in ("fc7", "fc8", "prob"):
         assert np.abs(eager[key]).max() > 0
         assert rel_err(out[key], eager[key]) <= 1e-5, key
+
+
+@pytest.mark.slow
+def test_cli_score_with_runtime_compile_on_and_off(tmp_path, tiny_model, cli):
+    """deepselfie score --set runtime.compile=on compiles into <data_dir>/cache/inductor and
+    ranks as runtime.compile=off does, which leaves no cache behind."""
+    from PIL import Image
+    deploy, weights = tiny_model
+    rs = np.random.RandomState(5)
+    (tmp_path / "imgs").mkdir()
+    for i in range(5):
+        Image.fromarray(rs.randint(0, 256, (20 + i, 18, 3), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"{i}.png")
+    scores = {}
+    for mode in ("off", "on"):
+        data = tmp_path / f"data_{mode}"
+        out = tmp_path / f"{mode}.json"
+        r = cli("score", tmp_path / "imgs", "--model", deploy, "--weights", weights,
+                "--mean", "100,110,120", "--batch-size", "2", "--json", "--out", out,
+                "--data-dir", data, "--set", f"runtime.compile={mode}", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        scores[mode] = {row["path"]: row["score"] for row in json.loads(out.read_text())}
+        kernels = list((data / "cache" / "inductor").rglob("*.so"))
+        assert bool(kernels) == (mode == "on"), mode
+    assert scores["on"].keys() == scores["off"].keys() and len(scores["on"]) == 5
+    for path, value in scores["off"].items():
+        assert abs(scores["on"][path] - value) <= 2e-6   # (written rounded to 6 digits)
