@@ -325,3 +325,15 @@ def test_cli_score_with_runtime_compile_on_and_off(tmp_path, tiny_model, cli):
     assert scores["on"].keys() == scores["off"].keys() and len(scores["on"]) == 5
     for path, value in scores["off"].items():
         assert abs(scores["on"][path] - value) <= 2e-6   # (written rounded to 6 digits)
+
+
+def test_auto_decides_the_same_after_a_compiled_batch(tmp_path, tiny_model):
+    """After a compiled forward of another batch size only the kept blobs are resized; the
+    FLOPs per image (and so auto's decision) stay what they were."""
+    deploy, weights = tiny_model
+    net = caffe.Net(str(deploy), str(weights), caffe.TEST)
+    before = compiled.forward_flops(net)
+    x = np.zeros((7, 3, 12, 12), np.float32)
+    compiled.forward(net, ["fc7"], "on", None, tmp_path / "inductor", data=x)
+    assert net.blobs["data"].shape[0] == 7 and net.blobs["conv"].shape[0] == 2
+    assert compiled.forward_flops(net) == before > 0

@@ -71,8 +71,8 @@ _failed: "weakref.WeakSet" = weakref.WeakSet()   # nets that did not compile
 def forward_flops(net) -> float:
     """FLOPs (2 x multiply-adds) of one image's forward through the net's Convolution,
     Deconvolution and InnerProduct layers (the rest is small next to them), from the blob shapes
-    the net has now, divided by its batch size."""
-    total = 0
+    (each divided by its own batch: after a compiled forward only the kept blobs are resized)."""
+    total = 0.0
     for li, layer in enumerate(net.layers):
         if layer.type not in ("Convolution", "Deconvolution", "InnerProduct") or not layer.blobs:
             continue
@@ -80,24 +80,15 @@ def forward_flops(net) -> float:
         top = net._blobs[net.top_ids[li][0]].shape
         if layer.type == "InnerProduct":
             axis = layer.param.inner_product_param.axis % max(len(top), 1)
-            positions = int(np.prod(top[:axis]))
+            shape = top[:axis]
         elif layer.type == "Convolution":
-            positions = int(np.prod(top[:1] + top[2:]))
+            shape = top[:1] + top[2:]
         else:   # a transposed convolution: one weight pass per input position
             bottom = net._blobs[net.bottom_ids[li][0]].shape
-            positions = int(np.prod(bottom[:1] + bottom[2:]))
-        total += 2 * positions * weights
-    return float(total) / max(_batch(net), 1)
-
-
-def _batch(net) -> int:
-    for li, layer in enumerate(net.layers):
-        if layer.is_source:
-            for tid in net.top_ids[li]:
-                shape = net._blobs[tid].shape
-                if shape:
-                    return int(shape[0])
-    return 1
+            shape = bottom[:1] + bottom[2:]
+        if shape and shape[0]:
+            total += 2.0 * int(np.prod(shape[1:])) * weights
+    return total
 
 
 def should_compile(net, mode: str, work_images: int | None = None) -> bool:
