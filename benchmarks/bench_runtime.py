@@ -10,7 +10,11 @@ What is measured, per mode:
   ``caffe time`` times): clear parameter diffs, forward, backward with a fixed top diff; torch.nn:
   zero_grad, forward with an input that requires grad, backward with the same top diff;
 - peak memory: the maximum resident set size of a fresh process that builds one implementation
-  and runs forward and forward+backward (one subprocess per implementation and mode).
+  and runs forward and forward+backward (one subprocess per implementation and mode);
+- compiled (fp32 forward): the same deploy net through models.caffe.compiled (one inductor graph,
+  frozen weights) as a third column of the forward timing, and its compile time: a fresh process
+  building it with an empty cache folder (cold), then a second fresh process with that folder
+  (cached). --no-compiled skips both.
 
 Timings interleave the two implementations pass by pass (alternating who goes first) in one
 process, so that load from other processes hits both alike: 3 x rounds forward passes and rounds
@@ -135,6 +139,24 @@ class CaffeRunner:
         return net.blobs["data"].diff
 
 
+class CompiledRunner:
+    """The runtime's deploy net through models.caffe.compiled (inference only)."""
+
+    def __init__(self, source, batch, size, x, cache_dir):
+        from models.caffe import compiled
+
+        self.net = caffe_net(False, False, batch, size)
+        copy_params(source, self.net)
+        self.x = x
+        self.fwd = compiled.CompiledForward(self.net, ["prob"], cache_dir)
+        t0 = time.perf_counter()
+        self.forward()
+        self.build_s = time.perf_counter() - t0
+
+    def forward(self):
+        return self.fwd(data=self.x)["prob"]
+
+
 class TorchRunner:
     """torch.nn written by hand. Fast mode: channels_last and bf16 autocast for training; for
     inference the model is also converted to bf16 once (what the runtime's inference nets do)."""
@@ -205,6 +227,9 @@ def worker_time(args):
     x, top = inputs(args.batch, args.size)
     runners = {"caffe": CaffeRunner(fast, args.batch, args.size, x, top)}
     runners["torch"] = TorchRunner(fast, x, top, caffe_source=runners["caffe"].train)
+    if args.compiled and not fast:
+        runners["compiled"] = CompiledRunner(runners["caffe"].infer, args.batch, args.size, x,
+                                             args.cache_dir)
     import torch
     assert torch.equal(runners["caffe"].infer.params["fc8"][1].tensor,
                        runners["torch"].infer[-2].bias), "the two do not hold the same weights"
@@ -213,20 +238,26 @@ def worker_time(args):
     agree = float(np.abs(a - b).max() / (np.abs(b).max() + 1e-8))
     ga, gb = runners["caffe"].forward_backward(), runners["torch"].forward_backward()
     agree_grad = float(np.abs(ga - gb).max() / (np.abs(gb).max() + 1e-8))
+    agree_compiled = None
+    if "compiled" in runners:
+        c = runners["compiled"].forward()
+        agree_compiled = float(np.abs(c - a).max() / (np.abs(a).max() + 1e-8))
     times = {(impl, what): [] for impl in runners for what in ("fwd", "fwd_bwd")}
     for _ in range(args.warmup):
-        for r in runners.values():
+        for impl, r in runners.items():
             r.forward()
-            r.forward_backward()
-    order = list(runners)
+            if impl != "compiled":
+                r.forward_backward()
     for what, passes in (("fwd", 3 * args.rounds), ("fwd_bwd", args.rounds)):
+        order = [i for i in runners if what == "fwd" or i != "compiled"]
         for k in range(passes):   # one pass each, alternating who goes first
             for impl in (order if k % 2 == 0 else order[::-1]):
                 fn = getattr(runners[impl], "forward" if what == "fwd" else "forward_backward")
                 t0 = time.perf_counter()
                 fn()
                 times[impl, what].append(time.perf_counter() - t0)
-    out = {"agree_fwd": agree, "agree_grad": agree_grad,
+    out = {"agree_fwd": agree, "agree_grad": agree_grad, "agree_compiled": agree_compiled,
+           "build_s": runners["compiled"].build_s if "compiled" in runners else None,
            "load": os.getloadavg()[0], "times": {f"{i}/{w}": v for (i, w), v in times.items()}}
     print(json.dumps(out))
 
@@ -249,10 +280,24 @@ def worker_memory(args):
     print(json.dumps({"peak_kib": peak, "base_kib": base}))
 
 
+def worker_compile(args):
+    """Build the compiled deploy net once with args.cache_dir; print the seconds it took."""
+    from torch._dynamo.utils import counters
+
+    setup_torch(args.threads)
+    x, _ = inputs(args.batch, args.size)
+    source = caffe_net(False, False, args.batch, args.size)
+    fill_weights(source)
+    r = CompiledRunner(source, args.batch, args.size, x, args.cache_dir)
+    print(json.dumps({"build_s": r.build_s, "load": os.getloadavg()[0],
+                      "inductor": dict(counters["inductor"])}))
+
+
 def run_worker(args, *extra):
     cmd = [sys.executable, __file__, "--threads", str(args.threads), "--batch", str(args.batch),
            "--size", str(args.size), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
-           *extra]
+           *(["--compiled"] if args.compiled else ["--no-compiled"]),
+           *(["--cache-dir", str(args.cache_dir)] if args.cache_dir else []), *extra]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if res.returncode:
         sys.exit(f"worker {' '.join(extra)} failed:\n{res.stderr}")
@@ -270,7 +315,12 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--modes", default="fp32,fast")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
-    ap.add_argument("--worker", choices=["time", "memory"], help=argparse.SUPPRESS)
+    ap.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                    help="time the compiled fp32 forward and its compile (default: yes)")
+    ap.add_argument("--cache-dir", help="inductor cache folder for the compiled column "
+                    "(default: a fresh temporary folder, so the compile-time figures are cold "
+                    "then cached)")
+    ap.add_argument("--worker", choices=["time", "memory", "compile"], help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--impl", help=argparse.SUPPRESS)
     ap.add_argument("--task", help=argparse.SUPPRESS)
@@ -279,11 +329,23 @@ def main(argv=None):
         return worker_time(args)
     if args.worker == "memory":
         return worker_memory(args)
+    if args.worker == "compile":
+        return worker_compile(args)
+    if args.compiled and args.cache_dir is None:
+        import tempfile
+        tmp = tempfile.TemporaryDirectory(prefix="bench-inductor-")
+        args.cache_dir = tmp.name
 
     print(f"VGG16 {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
           f"{args.rounds} rounds, interleaved (median pass; best in brackets); "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     missed = []
+    if args.compiled and "fp32" in args.modes.split(","):
+        builds = [run_worker(args, "--worker", "compile") for _ in range(2)]
+        print(f"\n[compile] fp32 VGG16 compiled forward built in {builds[0]['build_s']:.1f} s "
+              f"cold (load {builds[0]['load']:.2f}), {builds[1]['build_s']:.1f} s from the "
+              f"cache (load {builds[1]['load']:.2f}); cold/cached "
+              f"{builds[0]['build_s'] / builds[1]['build_s']:.1f}x")
     for mode in args.modes.split(","):
         t = run_worker(args, "--worker", "time", "--mode", mode)
         print(f"\n[{mode}] runtime and torch.nn outputs differ by {t['agree_fwd']:.1e} (prob), "
@@ -304,6 +366,14 @@ def main(argv=None):
                   f"  torch.nn {ips['torch']:5.2f} ({args.batch / best['torch']:5.2f})"
                   f"  runtime/torch {ratio:4.2f}x [>=0.95]"
                   f"  runtime/real Caffe {vs_caffe:4.2f}x [>={target}]")
+            key = f"compiled/{what}"
+            if what == "fwd" and t["times"].get(key):
+                med_c = statistics.median(t["times"][key])
+                print(f"  {'  compiled':16s} img/s: {args.batch / med_c:5.2f} "
+                      f"({args.batch / min(t['times'][key]):5.2f})  compiled/runtime "
+                      f"{med['caffe'] / med_c:4.2f}x  compiled/real Caffe "
+                      f"{args.batch / med_c / caffe_ref:4.2f}x  (differs from the runtime by "
+                      f"{t['agree_compiled']:.1e}, built in {t['build_s']:.1f} s)")
         if args.no_memory:
             continue
         for what in ("fwd", "fwd_bwd"):

@@ -96,6 +96,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_blob_bytes": _k(int, 4 << 30, "largest blob a net may allocate, in bytes; a "
                              "prototxt asking for more is refused before allocating",
                              rule=at_least(1)),
+        "compile": _k(str, "auto", "compiled inference (inductor, frozen weights): auto compiles "
+                      "when the work pays for it", choices=("auto", "on", "off")),
     },
     "score": {
         "model": _k(str, None, "deploy prototxt; null = the model card's", nullable=True),
@@ -367,6 +369,8 @@ def _check_value(value, key: Key, where: str, name: str):
             return None
         raise UserError(f"must be {_type_name(key.type)}, not null", path=where, field=name)
     t = key.type
+    if t is str and isinstance(value, bool) and {"on", "off"} <= set(key.choices):
+        value = "on" if value else "off"   # YAML 1.1 reads a bare on/off as true/false
     ok = isinstance(value, t) and not (t in (int, float) and isinstance(value, bool))
     if t is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True

@@ -93,7 +93,9 @@ def make_scorer(cfg):
         raise UserError("no weights: pass --weights (a .caffemodel from deepselfie train)",
                         path="--weights")
     common = dict(batch_size=sc.batch_size, device=cfg.runtime.device, fast=cfg.runtime.fast,
-                  good_class=sc.good_class, fast_decode=sc.fast_decode)
+                  good_class=sc.good_class, fast_decode=sc.fast_decode,
+                  compile=cfg.runtime.compile,
+                  compile_cache=cfg.data_dir / "cache" / "inductor")
     if find_card(weights) is not None:
         return Scorer.from_card(weights, model=sc.model, mean=sc.mean, scale=sc.scale,
                                 resize=sc.resize, **common)

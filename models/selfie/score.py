@@ -99,7 +99,8 @@ class Scorer:
 
     def __init__(self, deploy, weights, *, mean=None, resize="squash", base=None, scale=1.0,
                  batch_size=16, device=None, fast=False, good_class=1, output=None,
-                 workers=None, card=None, fast_decode=False):
+                 workers=None, card=None, fast_decode=False, compile="off",
+                 compile_cache=None):
         """``resize="trained"`` preprocesses as the model ``card`` says (``mean`` and ``scale``,
         when not None, override the card's); the other modes use ``mean``'s channel values."""
         from models import caffe
@@ -134,6 +135,9 @@ class Scorer:
         self.workers = workers or min(8, (os.cpu_count() or 2))
         self.failed = []
         self.lock = threading.Lock()   # one forward at a time: the net's blobs are shared state
+        # compiled inference (models.caffe.compiled): runtime.compile, its cache folder, and the
+        # number of images the current job will run (what "auto" weighs against the compile)
+        self.compile, self.compile_cache, self.work_images = compile, compile_cache, None
 
     @classmethod
     def from_card(cls, weights, **kw):
@@ -174,14 +178,20 @@ class Scorer:
         """One forward of N*crops x 3 x H x W inputs -> (N probabilities of "good", {blob: N x D
         values}), crops averaged. Thread-safe: forwards are serialized by ``self.lock``."""
         import torch
+
+        from models.caffe import compiled
         for blob in blobs:
             self.check_blob(blob)
         k = self.pre.crops
         n = len(batch) // k
         with self.lock, torch.no_grad():
-            # real pycaffe (runtime.backend: caffe) feeds only a blob of the batch's shape
-            self.net.blobs[self.input].reshape(*batch.shape)
-            probs = self.net.forward(**{self.input: batch})[self.output]
+            if compiled.compilable(self.net):
+                probs = compiled.forward(self.net, (self.output, *blobs), self.compile,
+                                         self.work_images, self.compile_cache, pad_batch=True,
+                                         **{self.input: batch})[self.output]
+            else:   # real pycaffe (runtime.backend: caffe) feeds only a blob of the batch's shape
+                self.net.blobs[self.input].reshape(*batch.shape)
+                probs = self.net.forward(blobs=list(blobs), **{self.input: batch})[self.output]
             probs = np.array(probs, dtype=np.float32).reshape(n, k, -1)
             values = {b: np.array(self.net.blobs[b].data, dtype=np.float32).reshape(n, k, -1)
                       .mean(axis=1) for b in blobs}
@@ -211,6 +221,7 @@ class Scorer:
         """Decode ahead in threads; yield (paths, inputs) batches. Files that cannot be read
         are skipped with a warning and listed in ``self.failed``."""
         failed = self.failed = []
+        self.work_images = len(paths) * self.pre.crops
         bar = progress(total=len(paths), desc=desc, unit="img") \
             if show_progress else None
         batch_paths, batch_arrays = [], []

@@ -17,7 +17,11 @@ FLT_MIN = 1.17549435e-38
 
 def check_labels(layer, labels, valid, classes: int) -> None:
     """A one-line error naming ``layer`` when a label that is not ignored is no class index
-    0..classes-1 (Caffe only DCHECKs this: a release build reads out of bounds)."""
+    0..classes-1 (Caffe only DCHECKs this: a release build reads out of bounds). Not checked
+    while a compiled graph is traced (the labels are symbols then; a compiled net runs in TEST
+    phase for inference, where labels are rarely fed)."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return
     bad = valid & ((labels < 0) | (labels >= classes))
     if bool(bad.any()):
         value = int(labels[bad][0])
