@@ -15,23 +15,19 @@ from .protoio import array_to_blobproto, blobproto_to_array  # noqa: F401
 
 
 def load_image(filename, color=True) -> np.ndarray:
-    """An image file as float32 H x W x 3 (RGB) or H x W x 1 in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .image import ALLOWED_FORMATS, ALLOWED_TEXT
+    """An image file as float32 H x W x 3 (RGB) or H x W x 1 in [0, 1], read by the project's one
+    loader (allow-listed formats, upright, transparency on white)."""
+    from . import image
     try:
-        with Image.open(filename, formats=ALLOWED_FORMATS) as im:   # never EPS (Ghostscript)
-            im.load()
-            im = im.convert("RGB" if color else "L")
-    except FileNotFoundError:
-        raise CaffeError("file not found", path=filename) from None
-    except UnidentifiedImageError:
-        raise CaffeError(f"not an allowed image format (allowed: {ALLOWED_TEXT})",
-                         path=filename) from None
-    except (OSError, ValueError) as e:
-        raise CaffeError(f"not a readable image ({e})", path=filename) from None
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    return arr if color else arr[:, :, None]
+        bgr = image.load(filename)
+    except image.ImageError as e:
+        raise CaffeError(e.reason, path=filename) from None
+    if color:
+        arr = bgr[:, :, ::-1]
+    else:
+        import cv2
+        arr = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[:, :, None]
+    return arr.astype(np.float32) / np.float32(255.0)
 
 
 def resize_image(im: np.ndarray, new_dims, interp_order=1) -> np.ndarray:
