@@ -555,7 +555,8 @@ def versus_real_caffe(args):
             # alternate who goes first; interleave the sides so neither runs twice in a row
             order = sorted(contenders, key=lambda c: (c[1], c[0] != "runtime"))
             for side, task in (order if r % 2 == 0 else order[::-1]):
-                s = servers[side].ask("pass", task=task)["s"]
+                time.sleep(args.gap)   # the last pass's idle threads stop spinning (OpenBLAS's
+                s = servers[side].ask("pass", task=task)["s"]     # spin ~0.1 s after a call)
                 if r >= args.warmup:
                     times[side, task].append(s)
     finally:
@@ -673,6 +674,8 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--gap", type=float, default=0.2,
+                    help="seconds between two passes against real Caffe (idle threads settle)")
     ap.add_argument("--pycaffe", help="folder of real pycaffe (put in front of PYTHONPATH for "
                     "real Caffe's process; default: $DEEPSELFIE_PYCAFFE_PATH, else as is)")
     ap.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,

@@ -6,6 +6,10 @@
     # {"prob": array, "fc7": array}, also in net.blobs[...]; eager when mode says so
     fwd = compiled.compiled_forward(net, ["fc7"], mode="on")   # the callable itself (or None)
 
+Callers (``runtime.compile``, the cache under ``<data_dir>/cache/inductor``): the Scorer (score,
+crop, t-SNE, serve), ``caffe test`` (models/caffe/tool.py: a net's Data layers run eagerly, the
+rest compiled) and the face detector (models/faces/detect.py).
+
 How: the net's layers (after its source layers: Input, Data...) become one pure function of the
 source tops and the parameters (a small torch.nn.Module whose forward calls each layer's own
 ``forward``, in the net's order, in-place tops included). torch.export traces it without running

@@ -100,9 +100,13 @@ class FaceDetector:
         # P-Net sees another input shape at every pyramid level (and image size): one compile
         # each, which "auto" does not take on; R-Net and O-Net run batches of crops padded to
         # one compiled batch
-        mode = "off" if name == "pnet" and self.compile == "auto" else self.compile
-        compiled.forward(net, outputs, mode, self.work_images, self.compile_cache,
-                         pad_batch=name != "pnet")
+        how = dict(mode="off" if name == "pnet" and self.compile == "auto" else self.compile,
+                   work_images=self.work_images, cache_dir=self.compile_cache,
+                   pad_batch=name != "pnet")
+        if compiled.compiled_forward(net, outputs, **how) is None:
+            net.forward()
+        else:   # (a net that fails to compile is logged once, then runs eagerly)
+            compiled.forward(net, outputs, **how)
         return [net.blobs[o].tensor.detach().float() for o in outputs]
 
     def _forward_crops(self, name, crops: torch.Tensor, outputs) -> list[np.ndarray]:
