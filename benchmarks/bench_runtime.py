@@ -574,7 +574,8 @@ def versus_real_caffe(args):
     print("|---|---|---|---|---|")
     rows = [("fp32 forward (compiled)", ("runtime", "fwd_compiled"), ("caffe", "fwd"),
              GOALS["fp32_fwd"]),
-            ("fp32 forward (eager)", ("runtime", "fwd"), ("caffe", "fwd"), None),
+            ("fp32 forward (eager)", ("runtime", "fwd"), ("caffe", "fwd"),
+             None if args.compiled else GOALS["fp32_fwd"]),
             ("fp32 forward+backward", ("runtime", "fwd_bwd"), ("caffe", "fwd_bwd"),
              GOALS["fp32_fwd_bwd"]),
             ("fast (bf16) inference forward (compiled)", ("runtime", "fwd_fast_compiled"),
