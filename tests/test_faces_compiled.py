@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from torch._dynamo.utils import counters
 
-from faces_support import models_dir, photo  # noqa: F401
+from faces_support import models_dir, photo  # noqa: F401,F811
 from models.caffe import compiled
 from models.faces import convert
 from models.faces.detect import FaceDetector
