@@ -56,6 +56,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--models-dir", default=str(ROOT / "data" / "models"))
+    ap.add_argument("--compiled", action="store_true",
+                    help="also fp32 and fast with runtime.compile: on (a fresh inductor cache "
+                    "folder: the warm-up round's extra time is the cold compile)")
     args = ap.parse_args(argv)
 
     import torch
@@ -77,6 +80,13 @@ def main(argv=None):
         "fp32, batch 1": (FaceDetector(folder, fast=False, **settings), 1),
         f"fast, batch {args.batch}": (FaceDetector(folder, fast=True, **settings), args.batch),
     }
+    if args.compiled:
+        import tempfile
+        cache = tempfile.mkdtemp(prefix="bench-faces-inductor-")
+        for fast in (False, True):
+            modes[f"{'fast' if fast else 'fp32'} compiled, batch {args.batch}"] = (
+                FaceDetector(folder, fast=fast, compile="on", compile_cache=cache, **settings),
+                args.batch)
 
     def run(det, batch):
         n_faces = 0
@@ -86,8 +96,11 @@ def main(argv=None):
             torch.cuda.synchronize()
         return n_faces
 
-    for det, batch in modes.values():      # warm up
+    warm = {}
+    for m, (det, batch) in modes.items():      # warm up (and compile)
+        t = time.perf_counter()
         run(det, batch)
+        warm[m] = time.perf_counter() - t
     best = {m: float("inf") for m in modes}
     faces = {}
     for _ in range(args.rounds):
@@ -101,8 +114,9 @@ def main(argv=None):
           f"best of {args.rounds} rounds")
     for m in modes:
         rate = len(images) / best[m]
+        extra = f", first round {warm[m]:.1f} s (compiles)" if "compiled" in m else ""
         print(f"  {m:<16} {rate:7.2f} images/s   x{best[base] / best[m]:.2f} vs {base}   "
-              f"({faces[m]} faces)")
+              f"({faces[m]} faces{extra})")
 
 
 if __name__ == "__main__":

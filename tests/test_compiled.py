@@ -74,14 +74,37 @@ def test_every_golden_test_net_compiles_and_matches_caffe(golden, tmp_path):
             check_case(name, tmp_path / "inductor")
 
 
-def test_train_nets_and_fast_nets_run_eagerly(golden):
+def test_train_nets_run_eagerly(golden):
     train = [c for c in CASES if c not in TEST_CASES]
     assert train, "expected a TRAIN-phase golden case"
     case = NETS / train[0]
     net = caffe.Net(str(case / "net.prototxt"), str(case / "weights.caffemodel"), caffe.TRAIN)
     assert compiled.compiled_forward(net, mode="on") is None
-    fast = caffe.Net(str(NETS / "conv_basic" / "net.prototxt"), caffe.TEST, fast=True)
-    assert compiled.compiled_forward(fast, mode="on") is None
+
+
+def test_fast_net_compiled_gives_the_eager_fast_outputs(golden, tmp_path):
+    """Fast mode (bf16 autocast) compiles too: the graph runs under the same autocast, so it
+    gives what the eager fast net gives (bf16 rounding, not the golden fp32 tolerance)."""
+    case = NETS / "conv_basic"
+    inputs = dict(np.load(case / "inputs.npz"))
+    nets = [caffe.Net(str(case / "net.prototxt"), str(case / "weights.caffemodel"), caffe.TEST,
+                      fast=True) for _ in range(2)]
+    with torch.no_grad():
+        eager = nets[0].forward(blobs=["conv"], **inputs)["conv"].copy()
+    fwd = compiled.compiled_forward(nets[1], ["conv"], mode="on", cache_dir=tmp_path / "ind")
+    assert fwd is not None
+    got = fwd(**inputs)["conv"]
+    assert fwd.builds == 1
+    assert rel_err(got, eager) <= 1e-2
+    exact = np.load(case / "blobs.npz")["conv"]
+    assert rel_err(got, exact) <= 5e-2 and rel_err(eager, exact) > 0     # bf16, not fp32
+    # "auto" asks more work of a fast net than of an fp32 one (it gains less)
+    fp32 = caffe.Net(str(case / "net.prototxt"), caffe.TEST)
+    images = int(np.ceil(compiled.AUTO_MIN_FLOPS / compiled.forward_flops(fp32)))
+    assert compiled.should_compile(fp32, "auto", images)
+    assert not compiled.should_compile(nets[1], "auto", images)
+    assert compiled.should_compile(
+        nets[1], "auto", int(np.ceil(compiled.AUTO_MIN_FLOPS_FAST / compiled.forward_flops(fp32))))
 
 
 def test_off_never_compiles(golden, tmp_path):

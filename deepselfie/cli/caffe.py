@@ -114,7 +114,8 @@ def run_test(args, cfg):
     from models.caffe.tool import test
     test(args.model, args.weights, args.iterations, gpu=args.gpu,
          fast=cfg.runtime.fast, level=args.level,
-         stages=_stages(args.stage), default_device=cfg.runtime.device, report=summary)
+         stages=_stages(args.stage), default_device=cfg.runtime.device, report=summary,
+         compile=cfg.runtime.compile, compile_cache=cfg.data_dir / "cache" / "inductor")
     return 0
 
 

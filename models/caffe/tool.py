@@ -228,13 +228,14 @@ def _open_net(model, phase, gpu, fast, level, stages, default_device):
 
 
 def test(model, weights, iterations=50, *, gpu=None, fast=False, level=0, stages=(),
-         default_device="auto", report=None) -> dict:
+         default_device="auto", report=None, compile="off", compile_cache=None) -> dict:
     """Score a net's TEST phase over ``iterations`` batches (``caffe test``); returns each
-    output's mean."""
+    output's mean. ``compile`` (runtime.compile: auto, on, off) runs the layers after the source
+    layers as one compiled graph (models.caffe.compiled), its caches under ``compile_cache``."""
     import numpy as np
     import torch
 
-    from models.caffe import glog
+    from models.caffe import compiled, glog
     from models.caffe.net import TEST
     from models.caffe.solver import _g, load_weights
     if iterations < 1:
@@ -244,9 +245,21 @@ def test(model, weights, iterations=50, *, gpu=None, fast=False, level=0, stages
         load_weights(net, weights)
         glog.info("caffe.cpp:290", f"Running for {iterations} iterations.")
         totals, loss = {}, 0.0
+        batch = net._blobs[0].shape[0] if net._blobs and net._blobs[0].shape else 1
+        fwd = compiled.compiled_forward(net, _loss_blobs(net), compile, iterations * batch,
+                                        compile_cache)
         with torch.no_grad():
             for i in range(iterations):
-                loss += net.forward_range(0, len(net.layers) - 1)
+                if fwd is not None:
+                    try:
+                        fwd()
+                        loss += _loss(net)
+                    except compiled.CompileError as e:   # as the eager net from here on
+                        glog.warning("caffe.cpp:290", f"compiling the net failed "
+                                     f"({str(e).splitlines()[0]}); running it eagerly")
+                        fwd = None
+                if fwd is None:
+                    loss += net.forward_range(0, len(net.layers) - 1)
                 for name in net.outputs:
                     values = np.array(net.blobs[name].data, dtype=np.float32).ravel()
                     for v in values:
@@ -268,6 +281,18 @@ def test(model, weights, iterations=50, *, gpu=None, fast=False, level=0, stages
         return means
     finally:
         glog.remove_stream(sys.stderr)
+
+
+def _loss_blobs(net) -> list[str]:
+    """The blobs with a loss weight (their weighted sum is the net's loss)."""
+    names = net._blob_names
+    return [names[tid] for tid, w in net.loss_weights.items() if w]
+
+
+def _loss(net) -> float:
+    """The net's loss from its loss blobs, as ``forward_range`` sums it."""
+    return sum(float(w * net._blobs[tid].tensor.detach().float().sum())
+               for tid, w in net.loss_weights.items() if w)
 
 
 def time_model(model, iterations=50, *, gpu=None, fast=False, level=0, stages=(),

@@ -59,7 +59,9 @@ def load_detector(cfg):
     settings = detector_settings(cfg)
     folder = fetch_weights(cfg)
     device = resolve_device(cfg.runtime.device)
-    return FaceDetector(folder, device=device, fast=cfg.runtime.fast, **settings), settings
+    return FaceDetector(folder, device=device, fast=cfg.runtime.fast,
+                        compile=cfg.runtime.compile,
+                        compile_cache=cfg.data_dir / "cache" / "inductor", **settings), settings
 
 
 # ---------------------------------------------------------------- one photo
@@ -103,6 +105,7 @@ def scan(cfg, *, rescan: bool = False) -> dict:
                 "the catalog has no downloaded images yet (run `deepselfie scrape`)"))
             return counters
         detector, settings = load_detector(cfg)
+        detector.work_images = len(todo)      # what runtime.compile: auto weighs
         name = detector_name(settings)
         with closing_line(cat.run("faces", {"rescan": rescan, "detector": name}),
                           _describe) as run:
