@@ -185,14 +185,25 @@ def test_forward_threads_picks_the_faster_setting():
         with ForwardThreads() as ft:
             assert torch.get_num_threads() == 2
             # net-bound (preparing costs ~1% of the forward): every thread stays with the net
-            assert ft.observe(8, 0.0, 2.0, prepare_cpu=0.003) == 2
-            # decode-bound: try one thread, keep whichever scored more images per second
-            assert ft.observe(32, 0.05, 0.2, prepare_cpu=0.002) == 1
+            assert ft.observe(8, 0.01, 2.0, prepare_cpu=0.003, first=True) == 2
+            for _ in range(ForwardThreads.RETRY_NET_BOUND - 2):
+                assert ft.observe(8, 0.0, 2.0, prepare_cpu=0.003) == 2
+            assert ft.observe(8, 0.0, 2.0, prepare_cpu=0.003) == 1          # tried, rarely
+            assert ft.observe(8, 0.0, 3.0, prepare_cpu=0.003) == 2          # and slower
+        with ForwardThreads() as ft:
+            # decode-bound: one thread from the second batch on
+            assert ft.observe(32, 0.05, 0.2, prepare_cpu=0.002, first=True) == 1
             assert torch.get_num_threads() == 1
-            assert ft.observe(32, 0.03, 0.07, prepare_cpu=0.002) == 1     # one was faster
-            ft.rates[2] = 1e6                                               # now two is
+            for _ in range(ForwardThreads.RETRY - 2):
+                assert ft.observe(32, 0.03, 0.07, prepare_cpu=0.002) == 1
+            # then all threads are tried for a batch, and the faster kept
+            assert ft.observe(32, 0.03, 0.07, prepare_cpu=0.002) == 2
+            assert ft.observe(32, 0.0, 0.5, prepare_cpu=0.002) == 1         # two was slower
+            ft.rates[2] = 1e6                                               # now two is faster
             assert ft.observe(32, 0.03, 0.07, prepare_cpu=0.002) == 2
         assert torch.get_num_threads() == 2
+        with ft:                             # a new run starts from what was learnt
+            assert torch.get_num_threads() == 2 and ft.rates
         with ForwardThreads(threads=1) as ft:
             assert torch.get_num_threads() == 1
             assert ft.observe(32, 1.0, 0.01, prepare_cpu=0.01) == 1

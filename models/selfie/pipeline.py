@@ -167,23 +167,29 @@ class ForwardThreads:
     """How many torch threads the forward gets while workers prepare the next batches: all of
     torch's own, or one, whichever scores more images per second, measured as it runs.
 
-    Both run at the same time on the same cores. A forward on all the threads (torch's
-    OpenMP pool) slows down far more than its share when decoders or other processes take a
-    core from it (its threads wait for each other), while a one-thread forward does its work in
-    the fewest core-seconds and leaves the other cores to decoding. So: when preparing an image
-    costs little next to its forward (``NET_BOUND``: VGG16, ~3 ms of decoding next to ~300 ms
-    of forward), the forward keeps every thread; otherwise (the small net: a 640x480 JPEG's
-    decode costs more than its forward) both are tried, one batch each, and the faster kept,
-    trying the other again every ``RETRY`` batches (the load of the machine changes).
+    Both run at the same time on the same cores. A forward on all the threads (torch's OpenMP
+    pool) slows down far more than its share when decoders or other processes take a core from
+    it (its threads wait for each other: on the shared 2-core machine the small net's forward
+    ran 7x slower on two threads than on one under load), while a one-thread forward does its
+    work in the fewest core-seconds and leaves the other cores to decoding. So: when preparing
+    a batch costs little next to its forward (``NET_BOUND``: VGG16, ~3 ms of decoding next to
+    ~300 ms of forward an image), the forward keeps every thread; otherwise (the small net: a
+    640x480 JPEG's decode costs more than its forward) it runs on one thread. Every ``RETRY``
+    batches (``RETRY_NET_BOUND`` when net-bound) it tries the other setting for a batch, and
+    from then on keeps the faster one (the load of the machine changes: under load, VGG16 too
+    can run faster on one thread than on two).
 
-    ``observe(images, waited, ran, prepare_cpu)`` after each batch: the seconds the caller
-    waited for it and its forward took, and the CPU seconds preparing an image takes; returns
-    and sets the threads for the next one. "All" is torch's own setting on entering (its
-    default: the cores; runtime.threads when set). With ``threads`` given, that many are used
-    throughout. Torch's setting is restored on leaving."""
+    ``observe(images, waited, ran, prepare_cpu, first)`` after each batch: the seconds the
+    caller waited for it and its forward took, the CPU seconds preparing an image takes, and
+    whether it was the first batch of a run (its wait and warm-up are not a rate); returns and
+    sets the threads for the next one. "All" is torch's own setting on entering (its default:
+    the cores; runtime.threads when set). With ``threads`` given, that many are used
+    throughout. Torch's setting is restored on leaving; what was measured is kept for the next
+    run (a Scorer keeps one)."""
 
-    NET_BOUND = 0.1     # preparing an image costs under this share of its forward: keep all
+    NET_BOUND = 0.1     # preparing a batch costs under this share of its forward: keep all
     RETRY = 16          # batches between tries of the setting not in use
+    RETRY_NET_BOUND = 64    # the same while net-bound (a one-thread try costs more there)
 
     def __init__(self, threads: int | None = None):
         self.fixed = int(threads) if threads else None
@@ -195,8 +201,11 @@ class ForwardThreads:
     def __enter__(self):
         import torch
         self.previous = torch.get_num_threads()
-        self.most = self.fixed or self.previous
-        self._set(self.most)
+        most = self.fixed or self.previous
+        if most != self.most:
+            self.rates.clear()
+        self.most = most
+        self._set(self.current if self.current in self.rates else most)
         return self
 
     def __exit__(self, *exc):
@@ -209,19 +218,22 @@ class ForwardThreads:
         torch.set_num_threads(threads)
 
     def observe(self, images: int, waited: float, ran: float,
-                prepare_cpu: float | None = None) -> int:
+                prepare_cpu: float | None = None, first: bool = False) -> int:
         """Account one batch; returns (and sets) the torch threads for the next forward."""
         if self.fixed or self.most == 1 or images <= 0 or waited + ran <= 0:
             return self.current
-        self.rates[self.current] = images / (waited + ran)
+        if not first:
+            self.rates[self.current] = images / (waited + ran)
+        net_bound = prepare_cpu is not None and prepare_cpu * images < self.NET_BOUND * ran
+        guess = self.most if net_bound else 1          # what to use without measurements
         other = 1 if self.current == self.most else self.most
-        if self.current == self.most and prepare_cpu is not None and \
-                prepare_cpu < self.NET_BOUND * ran / images:
-            return self.current                        # net-bound: every thread to the net
         self.since_try += 1
-        if other not in self.rates or self.since_try >= self.RETRY:
+        if not first and self.since_try >= (self.RETRY_NET_BOUND if net_bound else self.RETRY):
             self.since_try = 0
-            self._set(other)                           # try the other one for a batch
+            want = other                               # try the other setting for a batch
+        elif self.current in self.rates and other in self.rates:
+            want = max(self.rates, key=self.rates.get)
         else:
-            self._set(max(self.rates, key=self.rates.get))
-        return self.current
+            want = guess
+        self._set(want)
+        return want

@@ -138,6 +138,7 @@ class Scorer:
         self.good_class = good_class
         self.workers = workers or min(8, (os.cpu_count() or 2))
         self.threads = threads or None
+        self.split = None              # the ForwardThreads of the runs so far (what it measured)
         self.failed = []
         self.lock = threading.Lock()   # one forward at a time: the net's blobs are shared state
         # compiled inference (models.caffe.compiled): runtime.compile, its cache folder, and the
@@ -246,7 +247,9 @@ class Scorer:
                                   self.workers, on_failure=skipped,
                                   on_done=bar.update if bar is not None else None)
         steps = iter(batches)
-        with ForwardThreads(self.threads) as threads:
+        if self.split is None or self.split.fixed != (self.threads or None):
+            self.split = ForwardThreads(self.threads)
+        with self.split as threads:
             try:
                 first = True
                 while True:
@@ -256,10 +259,8 @@ class Scorer:
                         break
                     waited = time.perf_counter() - started
                     yield step
-                    if not first:  # the first batch is waited for however fast decoding is
-                        threads.observe(len(step[0]), waited,
-                                        time.perf_counter() - started - waited,
-                                        batches.cpu_per_image)
+                    threads.observe(len(step[0]), waited, time.perf_counter() - started - waited,
+                                    batches.cpu_per_image, first)
                     first = False
             finally:               # the caller stopped early (or failed): stop the workers
                 steps.close()
