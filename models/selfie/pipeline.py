@@ -215,7 +215,8 @@ class ForwardThreads:
     def _set(self, threads: int):
         import torch
         self.current = threads
-        torch.set_num_threads(threads)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
     def observe(self, images: int, waited: float, ran: float,
                 prepare_cpu: float | None = None, first: bool = False) -> int:
