@@ -178,6 +178,27 @@ def test_ring_of_buffers_bounds_how_far_workers_run_ahead():
     assert pipeline.cpu_per_image is not None and pipeline.cpu_per_image >= 0
 
 
+def test_workers_prepare_the_next_batches_while_the_caller_runs_one():
+    """While the caller holds a batch (its forward running), the workers fill the other
+    buffers of the ring: the next two chunks get prepared before the caller moves on."""
+    progress = threading.Condition()
+    prepared = []
+
+    def prepare(i, out):
+        out[...] = i
+        with progress:
+            prepared.append(i)
+            progress.notify_all()
+
+    pipeline = PreparedBatches(range(20), prepare, (1, 1, 1, 1), 4, workers=2, depth=3)
+    for k, (batch_paths, _) in enumerate(pipeline):
+        if k == 0:
+            with progress:      # (the timeout only keeps a broken pipeline from hanging)
+                assert progress.wait_for(lambda: len(prepared) >= 12, timeout=60)
+            assert sorted(prepared) == list(range(12))      # and not a chunk further
+    assert sorted(prepared) == list(range(20))
+
+
 def test_forward_threads_picks_the_faster_setting():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
