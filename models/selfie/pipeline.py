@@ -16,6 +16,13 @@ that used it before. The caller's thread assembles batches as before the pipelin
 ``batch_size`` consecutive readable images each (the last one shorter), the unreadable ones
 reported in path order through ``on_failure``. A chunk without unreadable images is handed out
 as it is, without a copy; after an unreadable one, rows are copied into a batch of their own.
+
+What bounds scoring then is CPU, not waiting: every image costs its decode on top of its
+forward. Measured with benchmarks/bench_score.py on the shared 2-core machine (640x480 JPEGs, as
+trained): the small net's image costs ~1.0-1.5 ms to prepare (nearly all of it libjpeg's
+decode) and ~1.5 ms to forward on one thread, so with both cores free scoring can reach
+2 / (prep + forward) images a second, about 0.6x of its two-thread raw forward; the score runs
+reach that bound. VGG16's ~1.7 ms of preparing is ~1% of its forward: score = raw forward.
 """
 from __future__ import annotations
 
