@@ -64,6 +64,13 @@ class Preprocess:
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 BGR -> crops x 3 x H x W float32."""
+        out = np.empty((self.crops, 3, self.height, self.width), np.float32)
+        self.into(img, out)
+        return out
+
+    def into(self, img: np.ndarray, out: np.ndarray) -> None:
+        """Write the crops x 3 x H x W float32 input of an H x W x 3 uint8 BGR image into
+        ``out`` (a batch buffer's rows: no other array of that size is made)."""
         h, w = self.height, self.width
         if self.resize == "squash":
             views = [resize(img, h, w)]
@@ -77,11 +84,11 @@ class Preprocess:
                 starts = [(0, 0), (0, bw - w), (bh - h, 0), (bh - h, bw - w), (y, x)]
                 five = [big[a:a + h, b:b + w] for a, b in starts]
                 views = five + [v[:, ::-1] for v in five]
-        arr = np.stack(views).astype(np.float32)               # k, H, W, 3
-        arr -= self.mean
-        if self.scale != 1.0:
-            arr *= self.scale
-        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+        mean = np.asarray(self.mean)[:, None, None]
+        for view, dst in zip(views, out):      # the arithmetic (and its types) of the old stack
+            np.subtract(view.transpose(2, 0, 1), mean, out=dst)
+            if self.scale != 1.0:
+                dst *= self.scale
 
 
 class AsTrained:
@@ -156,5 +163,9 @@ class AsTrained:
     def __call__(self, img: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 BGR -> 1 x 3 x h x w float32, as the TEST net's Data layer gives it."""
         out = np.empty((1,) + tuple(self.shape), np.float32)
-        self.transformer.transform(self.record(img), (None, None, None), out[0])
+        self.into(img, out)
         return out
+
+    def into(self, img: np.ndarray, out: np.ndarray) -> None:
+        """Write the 1 x 3 x h x w input of an H x W x 3 uint8 BGR image into ``out``."""
+        self.transformer.transform(self.record(img), (None, None, None), out[0])

@@ -9,14 +9,15 @@
 Images are read by the project's one loader (models.caffe.image) and become net input as
 models.selfie.preprocess says: by default as the TEST phase of the training net saw its records
 (the model card beside the weights says how), or by one of the hand-set modes squash, crop,
-oversample. Decoding runs in a thread pool ahead of the net, so the net does not wait for images.
+oversample. Worker threads decode and preprocess ahead of the net into preallocated batch buffers
+(models.selfie.pipeline), so the net does not wait for images.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 import pathlib
 import threading
+import time
 
 import numpy as np
 
@@ -25,12 +26,17 @@ from deepselfie.errors import UserError
 from deepselfie.files import atomic_open
 from models.caffe import image
 
+from .pipeline import ForwardThreads, PreparedBatches
 from .preprocess import RESIZE_MODES, AsTrained, Preprocess, resize  # noqa: F401
 
 log = get_logger("score")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
+
+# batches larger than this (VGG16 oversampled: 16 x 10 crops x 3 x 224 x 224 floats = 96 MB) get
+# two buffers ahead of the net instead of three
+BIG_BATCH = 64 << 20
 
 UnreadableImage = image.ImageError      # the one image error (kind "too_large" for the limit)
 
@@ -100,9 +106,11 @@ class Scorer:
     def __init__(self, deploy, weights, *, mean=None, resize="squash", base=None, scale=1.0,
                  batch_size=16, device=None, fast=False, good_class=1, output=None,
                  workers=None, card=None, fast_decode=False, compile="off",
-                 compile_cache=None):
+                 compile_cache=None, threads=None):
         """``resize="trained"`` preprocesses as the model ``card`` says (``mean`` and ``scale``,
-        when not None, override the card's); the other modes use ``mean``'s channel values."""
+        when not None, override the card's); the other modes use ``mean``'s channel values.
+        ``threads``: torch threads while scoring paths (None: chosen as it runs, see
+        models.selfie.pipeline.ForwardThreads); ``workers``: threads preparing images."""
         from models import caffe
         from models.caffe.state import resolve_device
         self.deploy, self.weights = pathlib.Path(deploy), pathlib.Path(weights)
@@ -133,6 +141,8 @@ class Scorer:
         self.batch_size = max(1, int(batch_size))
         self.good_class = good_class
         self.workers = workers or min(8, (os.cpu_count() or 2))
+        self.threads = threads or None
+        self.split = None              # the ForwardThreads of the runs so far (what it measured)
         self.failed = []
         self.lock = threading.Lock()   # one forward at a time: the net's blobs are shared state
         # compiled inference (models.caffe.compiled): runtime.compile, its cache folder, and the
@@ -168,11 +178,13 @@ class Scorer:
         only with fast_decode)."""
         return load_bgr(path, min_side=self.pre.needed_side if self.fast_decode else None)
 
-    def _prepare(self, path):
+    def _prepare_into(self, path, out) -> str | None:
+        """Write an image file's net input into ``out``; the reason when it is unreadable."""
         try:
-            return self.pre(self.load(path)), None
+            self.pre.into(self.load(path), out)
         except UnreadableImage as e:
-            return None, str(e)
+            return str(e)
+        return None
 
     def run(self, batch: np.ndarray, blobs=()) -> tuple[np.ndarray, dict]:
         """One forward of N*crops x 3 x H x W inputs -> (N probabilities of "good", {blob: N x D
@@ -218,40 +230,46 @@ class Scorer:
         return self.score_arrays(np.concatenate([self.pre(im) for im in images]))
 
     def iter_batches(self, paths, show_progress=True, desc="score"):
-        """Decode ahead in threads; yield (paths, inputs) batches. Files that cannot be read
-        are skipped with a warning and listed in ``self.failed``."""
+        """Yield (paths, inputs) batches of ``batch_size`` readable images, prepared ahead by
+        worker threads into preallocated buffers while the caller runs the previous batch
+        (models.selfie.pipeline); ``inputs`` is valid until the next step. Files that cannot
+        be read are skipped with a warning and listed in ``self.failed``, in path order. While
+        it runs, torch gets the threads ``self.threads`` says (None: all of torch's own or one,
+        whichever scores faster: models.selfie.pipeline.ForwardThreads)."""
         failed = self.failed = []
+        paths = list(paths)
         self.work_images = len(paths) * self.pre.crops
         bar = progress(total=len(paths), desc=desc, unit="img") \
             if show_progress else None
-        batch_paths, batch_arrays = [], []
-        with cf.ThreadPoolExecutor(self.workers) as pool:
-            window = max(2 * self.batch_size, self.workers)
-            futures = {}
-            it = iter(paths)
-            for p in it:
-                futures[p] = pool.submit(self._prepare, p)
-                if len(futures) >= window:
-                    break
-            while futures:
-                p = next(iter(futures))
-                arr, err = futures.pop(p).result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    futures[nxt] = pool.submit(self._prepare, nxt)
-                if bar is not None:
-                    bar.update(1)
-                if arr is None:
-                    log.warning("skipped %s: %s", p, err)
-                    failed.append((p, err))
-                    continue
-                batch_paths.append(p)
-                batch_arrays.append(arr)
-                if len(batch_paths) == self.batch_size:
-                    yield batch_paths, np.concatenate(batch_arrays)
-                    batch_paths, batch_arrays = [], []
-        if batch_paths:
-            yield batch_paths, np.concatenate(batch_arrays)
+
+        def skipped(path, reason):
+            log.warning("skipped %s: %s", path, reason)
+            failed.append((path, reason))
+
+        shape = (self.pre.crops, 3, self.pre.height, self.pre.width)
+        batch_bytes = 4 * self.batch_size * int(np.prod(shape))
+        batches = PreparedBatches(paths, self._prepare_into, shape, self.batch_size,
+                                  self.workers, depth=3 if batch_bytes <= BIG_BATCH else 2,
+                                  on_failure=skipped,
+                                  on_done=bar.update if bar is not None else None)
+        steps = iter(batches)
+        if self.split is None or self.split.fixed != (self.threads or None):
+            self.split = ForwardThreads(self.threads)
+        with self.split as threads:
+            try:
+                first = True
+                while True:
+                    started = time.perf_counter()
+                    step = next(steps, None)
+                    if step is None:
+                        break
+                    waited = time.perf_counter() - started
+                    yield step
+                    threads.observe(len(step[0]), waited, time.perf_counter() - started - waited,
+                                    batches.cpu_per_image, first)
+                    first = False
+            finally:               # the caller stopped early (or failed): stop the workers
+                steps.close()
         if bar is not None:
             bar.close()
 

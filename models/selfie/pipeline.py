@@ -1,0 +1,247 @@
+"""Images prepared ahead of the net, by worker threads, straight into preallocated batch buffers.
+
+    for batch_paths, inputs in PreparedBatches(paths, prepare, item_shape, batch_size,
+                                               workers=2, on_failure=..., on_done=...):
+        net.forward(data=inputs)       # the workers fill the next buffers meanwhile
+
+``prepare(path, out)`` writes one image's net input into ``out`` (an ``item_shape`` float32 view
+of a batch buffer) and returns None, or returns the reason it could not read the image. The
+work it does (OpenCV's decode and resize, numpy's arithmetic) runs without the GIL, so while the
+caller's forward runs (torch releases the GIL too) the workers fill the next buffers.
+
+Worker threads take the paths in order; path ``i`` goes to row ``i % batch_size`` of the buffer
+of chunk ``i // batch_size``. A ring of ``depth`` buffers bounds the memory and how far the
+workers run ahead: a worker waits for a chunk's buffer until the caller is done with the chunk
+that used it before. The caller's thread assembles batches as before the pipeline existed:
+``batch_size`` consecutive readable images each (the last one shorter), the unreadable ones
+reported in path order through ``on_failure``. A chunk without unreadable images is handed out
+as it is, without a copy; after an unreadable one, rows are copied into a batch of their own.
+
+What bounds scoring then is CPU, not waiting: every image costs its decode on top of its
+forward. Measured with benchmarks/bench_score.py on the shared 2-core machine (640x480 JPEGs, as
+trained): the small net's image costs ~1.0-1.5 ms to prepare (nearly all of it libjpeg's
+decode) and ~1.5 ms to forward on one thread, so with both cores free scoring can reach
+2 / (prep + forward) images a second, about 0.6x of its two-thread raw forward; the score runs
+reach that bound. VGG16's ~1.7 ms of preparing is ~1% of its forward: score = raw forward.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+
+class _State:
+    """What the workers and the caller share, under one condition variable."""
+
+    def __init__(self, n: int, batch_size: int, buffers: int):
+        self.cond = threading.Condition()
+        self.next_index = 0            # the next path a worker takes
+        self.released = 0              # chunks the caller is done with
+        self.buffers = buffers
+        self.remaining = [min(batch_size, n - k) for k in range(0, n, batch_size)]
+        self.errors: dict[int, str] = {}
+        self.failure: BaseException | None = None   # a worker's unexpected exception
+        self.stop = False
+        self.cpu_seconds = 0.0         # thread CPU time spent in prepare, all images so far
+        self.prepared = 0
+
+
+def _work(state: _State, paths, prepare, buffers, batch_size):
+    n = len(paths)
+    cond = state.cond
+    while True:
+        with cond:
+            while (not state.stop and state.next_index < n
+                   and state.next_index // batch_size >= state.released + state.buffers):
+                cond.wait()
+            if state.stop or state.next_index >= n:
+                return
+            i = state.next_index
+            state.next_index += 1
+        chunk = i // batch_size
+        try:
+            began = time.thread_time()
+            reason = prepare(paths[i], buffers[chunk % state.buffers][i % batch_size])
+            cpu = time.thread_time() - began
+        except BaseException as e:     # a bug, or MemoryError: the caller raises it
+            with cond:
+                state.failure = state.failure or e
+                state.stop = True
+                cond.notify_all()
+            return
+        with cond:
+            state.cpu_seconds += cpu
+            state.prepared += 1
+            if reason is not None:
+                state.errors[i] = str(reason)
+            state.remaining[chunk] -= 1
+            if state.remaining[chunk] == 0:
+                cond.notify_all()
+
+
+class PreparedBatches:
+    """Iterate ``(paths, inputs)``: up to ``batch_size`` readable images' inputs, an array of
+    ``(len(paths) * item_shape[0],) + item_shape[1:]`` float32, valid until the next step.
+    ``on_failure(path, reason)`` is called for each unreadable image and ``on_done(count)`` for
+    each chunk of images finished, in path order, in the caller's thread. ``cpu_per_image``:
+    the CPU seconds ``prepare`` has taken per image so far (the workers' own thread time)."""
+
+    def __init__(self, paths: Sequence, prepare: Callable, item_shape: tuple, batch_size: int,
+                 workers: int = 2, depth: int = 3, on_failure: Callable | None = None,
+                 on_done: Callable | None = None):
+        self.paths = list(paths)
+        self.prepare, self.item_shape = prepare, tuple(item_shape)
+        self.batch_size = max(1, int(batch_size))
+        self.workers, self.depth = max(1, int(workers)), max(1, int(depth))
+        self.on_failure, self.on_done = on_failure, on_done
+        self.state: _State | None = None
+
+    @property
+    def cpu_per_image(self) -> float | None:
+        state = self.state
+        if state is None or not state.prepared:
+            return None
+        with state.cond:
+            return state.cpu_seconds / state.prepared
+
+    def __iter__(self) -> Iterator[tuple[list, np.ndarray]]:
+        paths, item_shape, batch_size = self.paths, self.item_shape, self.batch_size
+        on_failure, on_done = self.on_failure, self.on_done
+        n = len(paths)
+        if n == 0:
+            return
+        chunks = -(-n // batch_size)
+        depth = min(self.depth, chunks)
+        buffers = [np.empty((batch_size,) + item_shape, np.float32) for _ in range(depth)]
+        state = self.state = _State(n, batch_size, depth)
+        threads = [threading.Thread(target=_work, name=f"prepare-{k}", daemon=True,
+                                    args=(state, paths, self.prepare, buffers, batch_size))
+                   for k in range(min(self.workers, n))]
+        for t in threads:
+            t.start()
+        carry = None            # a batch assembled by copying, after an unreadable file
+        carry_paths: list = []
+
+        def flat(rows: np.ndarray) -> np.ndarray:
+            return rows.reshape((-1,) + tuple(item_shape[1:]))
+
+        try:
+            for k in range(chunks):
+                with state.cond:
+                    while state.remaining[k] and state.failure is None:
+                        state.cond.wait()
+                    if state.failure is not None:
+                        raise state.failure
+                    errors = {i: state.errors.pop(i) for i in range(k * batch_size,
+                              min(n, (k + 1) * batch_size)) if i in state.errors}
+                lo, hi = k * batch_size, min(n, (k + 1) * batch_size)
+                buf = buffers[k % depth]
+                for i in sorted(errors):
+                    if on_failure is not None:
+                        on_failure(paths[i], errors[i])
+                if on_done is not None:
+                    on_done(hi - lo)
+                if not errors and not carry_paths:
+                    yield paths[lo:hi], flat(buf[:hi - lo])        # the buffer itself
+                else:
+                    if carry is None:
+                        carry = np.empty_like(buffers[0])
+                    for i in range(lo, hi):
+                        if i in errors:
+                            continue
+                        carry[len(carry_paths)] = buf[i - lo]
+                        carry_paths.append(paths[i])
+                        if len(carry_paths) == batch_size:
+                            yield carry_paths, flat(carry)
+                            carry_paths = []
+                with state.cond:
+                    state.released += 1
+                    state.cond.notify_all()
+            if carry_paths:
+                yield carry_paths, flat(carry[:len(carry_paths)])
+        finally:
+            with state.cond:
+                state.stop = True
+                state.cond.notify_all()
+            for t in threads:
+                t.join()
+
+
+class ForwardThreads:
+    """How many torch threads the forward gets while workers prepare the next batches: all of
+    torch's own, or one, whichever scores more images per second, measured as it runs.
+
+    Both run at the same time on the same cores. A forward on all the threads (torch's OpenMP
+    pool) slows down far more than its share when decoders or other processes take a core from
+    it (its threads wait for each other: on the shared 2-core machine the small net's forward
+    ran 7x slower on two threads than on one under load), while a one-thread forward does its
+    work in the fewest core-seconds and leaves the other cores to decoding. So: when preparing
+    a batch costs little next to its forward (``NET_BOUND``: VGG16, ~3 ms of decoding next to
+    ~300 ms of forward an image), the forward keeps every thread; otherwise (the small net: a
+    640x480 JPEG's decode costs more than its forward) it runs on one thread. Every ``RETRY``
+    batches (``RETRY_NET_BOUND`` when net-bound) it tries the other setting for a batch, and
+    from then on keeps the faster one (the load of the machine changes: under load, VGG16 too
+    can run faster on one thread than on two).
+
+    ``observe(images, waited, ran, prepare_cpu, first)`` after each batch: the seconds the
+    caller waited for it and its forward took, the CPU seconds preparing an image takes, and
+    whether it was the first batch of a run (its wait and warm-up are not a rate); returns and
+    sets the threads for the next one. "All" is torch's own setting on entering (its default:
+    the cores; runtime.threads when set). With ``threads`` given, that many are used
+    throughout. Torch's setting is restored on leaving; what was measured is kept for the next
+    run (a Scorer keeps one)."""
+
+    NET_BOUND = 0.1     # preparing a batch costs under this share of its forward: keep all
+    RETRY = 16          # batches between tries of the setting not in use
+    RETRY_NET_BOUND = 64    # the same while net-bound (a one-thread try costs more there)
+
+    def __init__(self, threads: int | None = None):
+        self.fixed = int(threads) if threads else None
+        self.most = self.current = self.fixed or 1    # set on entering: torch's own setting
+        self.rates: dict[int, float] = {}              # threads -> images per second, last seen
+        self.since_try = 0
+        self.previous = None
+
+    def __enter__(self):
+        import torch
+        self.previous = torch.get_num_threads()
+        most = self.fixed or self.previous
+        if most != self.most:
+            self.rates.clear()
+        self.most = most
+        self._set(self.current if self.current in self.rates else most)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        torch.set_num_threads(self.previous)
+
+    def _set(self, threads: int):
+        import torch
+        self.current = threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    def observe(self, images: int, waited: float, ran: float,
+                prepare_cpu: float | None = None, first: bool = False) -> int:
+        """Account one batch; returns (and sets) the torch threads for the next forward."""
+        if self.fixed or self.most == 1 or images <= 0 or waited + ran <= 0:
+            return self.current
+        if not first:
+            self.rates[self.current] = images / (waited + ran)
+        net_bound = prepare_cpu is not None and prepare_cpu * images < self.NET_BOUND * ran
+        guess = self.most if net_bound else 1          # what to use without measurements
+        other = 1 if self.current == self.most else self.most
+        self.since_try += 1
+        if not first and self.since_try >= (self.RETRY_NET_BOUND if net_bound else self.RETRY):
+            self.since_try = 0
+            want = other                               # try the other setting for a batch
+        elif self.current in self.rates and other in self.rates:
+            want = max(self.rates, key=self.rates.get)
+        else:
+            want = guess
+        self._set(want)
+        return want
