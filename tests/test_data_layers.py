@@ -163,15 +163,17 @@ def test_decode_workers_do_not_change_the_batches(tmp_path):
                                                  "JPEG", quality=90), i)
                             for i, im in enumerate(images)])
     runs = []
-    for workers in (1, 3):
+    for workers in (1, 2, 3):
         prefetch.set_decode_workers(workers)
         caffe.set_random_seed(3)
         net = data_net(tmp_path, path, "crop_size: 30 mirror: true mean_value: 110 scale: 0.5",
                        batch=4)
         runs.append(batches(net, 4))
-    for (d1, l1), (d2, l2) in zip(*runs):
-        np.testing.assert_array_equal(d1, d2)
-        np.testing.assert_array_equal(l1, l2)
+        assert len(net.layers[0].decode_pool.worker_pids()) == (workers if workers > 1 else 0)
+    for run in runs[1:]:
+        for (d1, l1), (d2, l2) in zip(runs[0], run):
+            np.testing.assert_array_equal(d1, d2)
+            np.testing.assert_array_equal(l1, l2)
 
 
 def test_test_phase_center_crop_with_mean_file_at_the_crop_offset(tmp_path):
@@ -401,7 +403,11 @@ layer {{ name: "data" type: "ImageData" top: "data" top: "label"
     return caffe.Net(str(root / "img.prototxt"), caffe.TRAIN if phase == "TRAIN" else caffe.TEST)
 
 
-def test_image_data_reads_resizes_and_wraps(image_folder, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_image_data_reads_resizes_and_wraps(image_folder, monkeypatch, workers):
+    """The same with the images read by worker processes (relative paths: their working
+    directory follows the layer's process)."""
+    prefetch.set_decode_workers(workers)
     monkeypatch.chdir(image_folder)
     net = image_data_net(image_folder, "batch_size: 4 new_height: 32 new_width: 40",
                          "mean_value: 100")
@@ -585,6 +591,27 @@ def test_crop_larger_than_the_image_and_bad_records(tmp_path, position_db):
         with pytest.raises(CaffeError, match=r"layer 'data'.*record '00000002' of .*bad: "
                                             r"cannot decode its image"):
             net.forward()
+
+
+def test_decode_worker_processes_raise_what_the_inline_path_raises(tmp_path):
+    """A batch with a record of the wrong size (row 2) and an undecodable one (row 3): with
+    worker processes, the layer raises the same error as without, the earliest bad row's, and
+    keeps raising it."""
+    good = encode(skimage_rgb("coffee", (20, 20)), "PNG")
+    small = encode(skimage_rgb("coffee", (16, 16)), "PNG")
+    write_datum_lmdb(tmp_path / "bad", [encoded_datum(good, 0), encoded_datum(good, 1),
+                                        encoded_datum(small, 2),
+                                        encoded_datum(b"\xff\xd8 not a jpeg", 3)])
+    messages = []
+    for workers in (1, 3):
+        prefetch.set_decode_workers(workers)
+        net = data_net(tmp_path, tmp_path / "bad", batch=4, phase="TEST")
+        for _ in range(2):
+            with pytest.raises(CaffeError) as e:
+                net.forward()
+            messages.append(str(e.value))
+    assert len(set(messages)) == 1, messages
+    assert "record '00000002'" in messages[0] and "is 3x16x16 (C x H x W)" in messages[0]
 
 
 def test_leveldb_backend_on_an_lmdb_says_so(tmp_path, position_db):

@@ -58,6 +58,10 @@ class DataTransformer:
         is made, and again just before its prefetch thread starts); the second one counts."""
         self.stream = Stream(caffe_rng_rand()) if self.needs_rand else None
 
+    def __getstate__(self):
+        """Pickled for a decode worker, which transforms with draws made here: no generator."""
+        return dict(self.__dict__, stream=None)
+
     # ------------------------------------------------------------ randomness, in Caffe's order
     def draw(self):
         """The random numbers one image will use: (mirror, h, w), each None when not drawn."""
