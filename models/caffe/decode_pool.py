@@ -1,23 +1,31 @@
 """The processes a prefetching data layer decodes and transforms its batches on.
 
 With one worker a batch is made inline, in the layer's prefetch thread. With ``n > 1`` the
-pool starts ``n`` worker processes (plain ``python`` subprocesses running ``worker_main``; no
+pool starts ``n`` worker processes (plain ``python`` subprocesses running ``worker_main``: no
 fork of a process that has threads, and the user's ``__main__`` is never re-run), hands each
 of them, once, the layer's reader and transformer (``data_items``), and then, per batch, its
 share of the items with their pre-drawn random numbers. The workers parse, decode, crop,
-mirror, subtract and scale with nothing shared but the batch: its data lives in a shared
-memory file (under /dev/shm) that every worker maps and writes its rows into, and that the
-layer's array maps too, so nothing is copied back. The GIL of one process never serialises
-another's decoding, so the work scales with the cores.
+mirror, subtract and scale with nothing shared but the batch, so the GIL of one process never
+holds up another's work and the work scales with the cores.
+
+A batch's data is written by the workers straight into a shared memory slot that the layer's
+process maps too, so nothing is copied back. Slots are made once and reused (a new shared page
+costs far more to fault in than the row written to it): the array a batch hands out leases its
+slot, and the slot is free again when that array and every view of it (a tensor made from it,
+a blob holding it) are gone. A slot's file is unlinked as soon as every worker has mapped it,
+so nothing stays behind in /dev/shm.
 
 Which rows a worker makes does not change what they hold: the items and their draws are fixed
 before any of them is dealt, so a batch is the same, bit for bit, for any number of workers.
 A bad item raises, in the layer, the same CaffeError the inline path raises (the one of the
-earliest bad row in the batch). A worker ends when the pool closes its pipe, or the layer's
-process ends.
+earliest bad row in the batch). A worker ends when the pool closes its pipe, or when the
+layer's process ends.
 """
 from __future__ import annotations
 
+import ctypes
+import fcntl
+import itertools
 import mmap
 import os
 import pathlib
@@ -25,7 +33,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
+import weakref
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -34,6 +44,7 @@ from .data_items import fill_rows
 from .errors import CaffeError
 
 _ROOT = str(pathlib.Path(__file__).resolve().parents[2])     # where ``models`` is imported from
+_PIPE_BYTES = 1 << 20
 _SHM = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
@@ -45,54 +56,80 @@ class DecodePool:
         self.workers = max(1, int(workers))
         self.reader, self.transformer, self.name = reader, transformer, name
         self._procs: list[_Worker] = []
-        self._files: set[str] = set()        # shared memory files of batches being made
+        self._free: list[_Slot] = []         # slots no batch array holds
+        self.rows_made = 0                   # rows the workers have made so far
+        self._cpu: dict[int, float] = {}     # worker -> its CPU seconds, as of its last reply
         self._lock = threading.Lock()
         self._closed = False
 
     # ------------------------------------------------------------ a batch
-    def new_batch(self, shape):
-        """(data, labels) arrays for a batch of ``shape`` (N x C x H x W) float32 data; with
-        workers, ``data`` maps a shared memory file they can write to."""
+    def make(self, jobs, shape, first_shape):
+        """The batch of ``jobs`` (``(i, item, draws)``; the first may be ``(i, item, draws,
+        img, label)``, already loaded) as (data, labels): data N x C x H x W float32 of
+        ``shape``, labels float32, made by ``data_items.fill_rows``, the jobs dealt round-robin
+        to the workers (a loaded one is made here while they work). Raises the error of the
+        earliest bad row."""
         labels = np.empty(shape[0], dtype=np.float32)
         if self.workers == 1:
-            return np.empty(shape, dtype=np.float32), labels
-        data = _shared_array(shape)
-        with self._lock:
-            self._files.add(_shared_file(data).path)
-        return data, labels
-
-    def fill(self, jobs, data, labels, first_shape) -> None:
-        """``data_items.fill_rows`` over ``jobs`` (``(i, item, draws)``; the first may be
-        ``(i, item, draws, img, label)``, already loaded), the jobs dealt round-robin to the
-        workers (a loaded one is made here, while they work). Returns when all rows are
-        written; raises the error of the earliest bad row."""
-        if self.workers == 1:
+            data = np.empty(shape, dtype=np.float32)
             fill_rows(self.reader, self.transformer, jobs, data, labels, first_shape)
-            return
+            return data, labels
         here = [j for j in jobs if len(j) > 3]
         rest = [j for j in jobs if len(j) <= 3]
         procs = self._started()
+        slot = self._slot(int(np.prod(shape)) * 4, procs)
+        data = slot.lease(shape, self._give_back)
         shares = [rest[k::len(procs)] for k in range(len(procs))]
         busy = [(p, s) for p, s in zip(procs, shares) if s]
-        path = _shared_file(data).path
+        for p, share in busy:
+            p.send(("batch", os.getcwd(), slot.id, shape, first_shape, share))
         errors = []
         try:
-            for p, share in busy:
-                p.send(("batch", os.getcwd(), path, data.shape, first_shape, share))
-            try:
-                fill_rows(self.reader, self.transformer, here, data, labels, first_shape)
-            except Exception as e:
-                errors.append((here[0][0], e))
-            for p, share in busy:
-                reply = p.receive()
-                if reply[0] == "done":
-                    labels[[j[0] for j in share]] = reply[1]
-                else:
-                    errors.append((reply[1], _rebuilt(reply, p)))
-        finally:       # every worker has unmapped it: the file goes, the batch's mapping stays
-            self._unlink(path)
+            fill_rows(self.reader, self.transformer, here, data, labels, first_shape)
+        except Exception as e:
+            errors.append((here[0][0], e))
+        for p, share in busy:
+            reply = p.receive()
+            if reply[0] == "done":
+                labels[[j[0] for j in share]] = reply[1]
+                self._cpu[p.proc.pid] = reply[2]
+                self.rows_made += len(share)
+            else:
+                errors.append((reply[1], _rebuilt(reply, p)))
         if errors:
             raise min(errors, key=lambda e: e[0])[1]
+        return data, labels
+
+    # ------------------------------------------------------------ shared memory slots
+    def _slot(self, nbytes, procs):
+        """A free slot of ``nbytes`` or more, else a new one every worker has mapped (free
+        ones too small for this batch are dropped: batches changed size)."""
+        with self._lock:
+            fits = [s for s in self._free if s.nbytes >= nbytes]
+            if fits:
+                slot = min(fits, key=lambda s: s.nbytes)
+                self._free.remove(slot)
+                return slot
+            dropped, self._free = self._free, []
+        for old in dropped:
+            for p in procs:
+                p.send(("unmap", old.id))
+        slot = _Slot(nbytes)
+        try:
+            for p in procs:
+                p.send(("map", slot.id, slot.path))
+            for p in procs:
+                reply = p.receive()
+                if reply[0] != "mapped":
+                    raise _rebuilt(reply, p)
+        finally:
+            os.unlink(slot.path)            # mapped everywhere (or failed): the name goes
+        return slot
+
+    def _give_back(self, slot):
+        with self._lock:
+            if not self._closed:
+                self._free.append(slot)
 
     # ------------------------------------------------------------ the workers
     def _started(self):
@@ -110,48 +147,44 @@ class DecodePool:
         """The worker processes' ids (none before the first batch, or with one worker)."""
         return [p.proc.pid for p in self._procs]
 
-    def _unlink(self, path):
-        with self._lock:
-            self._files.discard(path)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    def worker_cpu(self) -> tuple[int, float]:
+        """(rows the workers have made, CPU seconds they used making them) so far: their
+        ratio is the workers' CPU time per image."""
+        return self.rows_made, sum(self._cpu.values())
 
     def close(self):
         """End the workers (each exits when its pipe closes; one still busy is killed after a
-        few seconds) and remove the files of batches not finished."""
+        few seconds) and let go of the free slots."""
         with self._lock:
             self._closed = True
             procs, self._procs = self._procs, []
+            self._free = []
         for p in procs:
             p.close()
-        for path in list(self._files):
-            self._unlink(path)
 
 
-class _SharedFile(mmap.mmap):
-    """A mapping of an unlinked shared memory file; ``path`` names it while workers map it."""
-    path: str
+class _Slot:
+    """A shared memory file mapped here and, by id, in every worker."""
+    _ids = itertools.count()
 
+    def __init__(self, nbytes: int):
+        self.id, self.nbytes = next(self._ids), nbytes
+        fd, self.path = tempfile.mkstemp(prefix="deepselfie-batch-", dir=_SHM)
+        try:
+            os.ftruncate(fd, nbytes)
+            self.map = mmap.mmap(fd, nbytes)
+        except BaseException:
+            os.unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
 
-def _shared_array(shape) -> np.ndarray:
-    nbytes = int(np.prod(shape)) * 4
-    fd, path = tempfile.mkstemp(prefix="deepselfie-batch-", dir=_SHM)
-    try:
-        os.ftruncate(fd, nbytes)
-        mapping = _SharedFile(fd, nbytes)
-    finally:
-        os.close(fd)
-    mapping.path = path
-    return np.frombuffer(mapping, dtype=np.float32).reshape(shape)
-
-
-def _shared_file(data: np.ndarray) -> _SharedFile:
-    base = data
-    while not isinstance(base, _SharedFile):
-        base = base.obj if isinstance(base, memoryview) else base.base
-    return base
+    def lease(self, shape, give_back) -> np.ndarray:
+        """A float32 array of ``shape`` on this slot; ``give_back(self)`` once it and every
+        view of it are gone."""
+        holder = (ctypes.c_char * self.nbytes).from_buffer(self.map)
+        weakref.finalize(holder, give_back, self)
+        return np.frombuffer(holder, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
 
 
 def _rebuilt(reply, worker):
@@ -171,6 +204,10 @@ class _Worker:
         self.name = name
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
+        try:    # room for a whole share of records: sending to one worker never waits for it
+            fcntl.fcntl(to_child_w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        except (OSError, AttributeError):
+            pass
         code = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
                 f"from models.caffe.decode_pool import worker_main; "
                 f"worker_main({to_child_r}, {from_child_w})")
@@ -209,9 +246,10 @@ class _Worker:
 # ---------------------------------------------------------------- in the worker process
 
 def worker_main(read_fd: int, write_fd: int) -> None:
-    """A worker's loop: ``("setup", reader, transformer)`` once, then per batch
-    ``("batch", working directory, shm path, data shape, first shape, jobs)``, answered
-    ``("done", labels)`` or ``("error", row, kind, details)``; ends when the pipe closes."""
+    """A worker's loop: ``("setup", reader, transformer)`` once; ``("map", slot id, path)``,
+    answered ``("mapped",)``; ``("unmap", slot id)``; per batch ``("batch", working
+    directory, slot id, data shape, first shape, jobs)``, answered ``("done", labels, CPU
+    seconds used so far)`` or ``("error", row, kind, details)``; ends when the pipe closes."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # a Ctrl-C is the layer's process's to handle
     try:
@@ -221,53 +259,44 @@ def worker_main(read_fd: int, write_fd: int) -> None:
         pass
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     reader = transformer = None
+    slots: dict[int, mmap.mmap] = {}
     while True:
         try:
             message = inbox.recv()
         except (EOFError, OSError):
             return
-        if message[0] == "setup":
+        kind = message[0]
+        if kind == "setup":
             _, reader, transformer = message
-            continue
-        _, cwd, path, shape, first_shape, jobs = message
-        if cwd != os.getcwd():      # relative paths (ImageData's) as the layer's process sees them
-            os.chdir(cwd)
-        labels = np.empty(shape[0], dtype=np.float32)
-        try:
-            with open(path, "r+b") as f:
-                mapping = mmap.mmap(f.fileno(), int(np.prod(shape)) * 4)
-        except OSError:
-            outbox.send(("error", jobs[0][0], "bug", traceback.format_exc()))
-            continue
-        outbox.send(_fill_share(reader, transformer, jobs, mapping, shape, labels, first_shape))
-        mapping.close()
+        elif kind == "map":
+            _, slot, path = message
+            try:
+                with open(path, "r+b") as f:
+                    slots[slot] = mmap.mmap(f.fileno(), 0)
+                outbox.send(("mapped",))
+            except OSError:
+                outbox.send(("error", -1, "bug", traceback.format_exc()))
+        elif kind == "unmap":
+            slots.pop(message[1]).close()
+        else:
+            _, cwd, slot, shape, first_shape, jobs = message
+            if cwd != os.getcwd():  # relative paths (ImageData's) as the layer's process sees them
+                os.chdir(cwd)
+            outbox.send(_fill_share(reader, transformer, jobs, slots[slot], shape, first_shape))
 
 
-def _fill_share(reader, transformer, jobs, mapping, shape, labels, first_shape):
-    """The reply for one share of a batch (nothing of the mapping is referenced once it
-    returns, so the caller can close it)."""
-    data = np.frombuffer(mapping, dtype=np.float32).reshape(shape)
+def _fill_share(reader, transformer, jobs, mapping, shape, first_shape):
+    """The reply for one share of a batch, its rows written to ``mapping``."""
+    data = np.frombuffer(mapping, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
+    labels = np.empty(shape[0], dtype=np.float32)
     row = jobs[0][0]
     try:
         for job in jobs:
             row = job[0]
             fill_rows(reader, transformer, [job], data, labels, first_shape)
-        return ("done", labels[[j[0] for j in jobs]])
+        return ("done", labels[[j[0] for j in jobs]], time.process_time())
     except CaffeError as e:
         return ("error", row, "caffe", (e.detail, e.path, e.field))
     except Exception:
         return ("error", row, "bug", traceback.format_exc())
-
-
-def cpu_seconds(pids) -> float:
-    """User + system CPU seconds the processes ``pids`` have used so far (Linux; 0 elsewhere)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for pid in pids:
-        try:
-            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 

@@ -115,14 +115,13 @@ class DataTransformer:
                 h0, w0 = (h - self.crop) // 2, (w - self.crop) // 2
             img = img[:, h0:h0 + self.crop, w0:w0 + self.crop]
         dst = out[:, :, ::-1] if (mirror_draw is not None and mirror_draw % 2) else out
+        dst[...] = img      # to float32 first, then in place: faster than a casting subtract
         if self.mean is not None:
             mean = self.mean[:, h0:h0 + img.shape[1], w0:w0 + img.shape[2]]
-            np.subtract(img, mean, out=dst, dtype=np.float32)
+            np.subtract(dst, mean, out=dst)
         elif self.mean_values is not None:
             mv = self.mean_values if len(self.mean_values) == c else \
                 np.repeat(self.mean_values, c)
-            np.subtract(img, mv[:, None, None], out=dst, dtype=np.float32)
-        else:
-            dst[...] = img
+            np.subtract(dst, mv[:, None, None], out=dst)
         if self.scale != 1:
             np.multiply(out, self.scale, out=out)

@@ -63,11 +63,9 @@ class _BatchMaker:
         items = [next(self.items) for _ in range(self.batch_size)]
         draws = [t.draw() if t.needs_rand else _NO_DRAWS for _ in items]
         first, first_label = reader.load(items[0])
-        data, labels = self.pool.new_batch((len(items),) + t.output_shape(first.shape))
         jobs = [(0, items[0], draws[0], first, first_label)]
         jobs += [(i, items[i], draws[i]) for i in range(1, len(items))]
-        self.pool.fill(jobs, data, labels, first.shape)
-        return data, labels
+        return self.pool.make(jobs, (len(items),) + t.output_shape(first.shape), first.shape)
 
 
 class _PrefetchingData(Layer):
