@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from google.protobuf import text_format
 from PIL import Image
 from skimage import data as skdata
 
@@ -17,6 +18,7 @@ from models.caffe import image as cvimage
 from models.caffe.errors import CaffeError
 from models.caffe.io import array_to_datum
 from models.caffe.proto import caffe_pb2
+from models.caffe.transformer import DataTransformer
 
 
 # ---------------------------------------------------------------- helpers
@@ -153,6 +155,23 @@ def test_train_draws_follow_caffes_recipe(tmp_path, position_db):
     want = [(int(draws[3 * k + 1] % 5), int(draws[3 * k + 2] % 9), bool(draws[3 * k] % 2))
             for k in range(12)]
     assert got == want
+
+
+@pytest.mark.parametrize("transform", ["mirror: true", "crop_size: 4", "crop_size: 4 mirror: true",
+                                       "crop_size: 4 mirror: true phase: TEST", ""])
+def test_a_batch_of_draws_is_the_draws_one_by_one(transform):
+    """The layer draws a batch's random numbers in one read of its generator: the same numbers
+    as one image after another (mirror, then h and w), in every configuration."""
+    phase = caffe.TEST if "TEST" in transform else caffe.TRAIN
+    param = caffe_pb2.TransformationParameter()
+    text_format.Parse(transform.replace("phase: TEST", ""), param)
+    caffe.set_random_seed(11)
+    one = DataTransformer(param, phase, None)
+    caffe.set_random_seed(11)
+    many = DataTransformer(param, phase, None)
+    want = [one.draw() for _ in range(7)] + [one.draw() for _ in range(5)]
+    assert many.draw_many(7) + many.draw_many(5) == want
+    assert (want[0] == (None, None, None)) == (transform == "")
 
 
 def test_decode_workers_do_not_change_the_batches(tmp_path):

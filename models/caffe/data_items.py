@@ -2,6 +2,8 @@
 
 - ``DatumRecords``: Data's items, (key, value) records of a database, read as Datum.
 - ``ImageFiles``: ImageData's items, (path, label) lines of its list file.
+- ``payload(item)`` / ``with_payload(item, value)``: the bulk of an item (a record's value),
+  which a decode worker receives through shared memory.
 - ``fill_rows``: load, check and transform items into rows of a batch, with random numbers
   drawn beforehand (in Caffe's order) by the layer.
 
@@ -38,6 +40,15 @@ class DatumRecords:
     def describe(self, record):
         return f"record {record[0].decode('utf-8', 'replace')!r} of {self.source}"
 
+    # a decode worker gets the value through shared memory, not its pipe (``decode_pool``)
+    @staticmethod
+    def payload(record):
+        return record[1]
+
+    @staticmethod
+    def with_payload(record, value):
+        return record[0], value
+
     def load(self, record):
         """-> (C x H x W image, label)"""
         try:
@@ -64,6 +75,10 @@ class ImageFiles:
 
     def describe(self, line):
         return f"image {self.root + line[0]!r}"
+
+    @staticmethod
+    def payload(line):
+        return None          # a line is small: it goes to a decode worker as it is
 
     def load(self, line):
         path = self.root + line[0]          # Caffe joins them as strings

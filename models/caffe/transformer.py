@@ -65,10 +65,22 @@ class DataTransformer:
     # ------------------------------------------------------------ randomness, in Caffe's order
     def draw(self):
         """The random numbers one image will use: (mirror, h, w), each None when not drawn."""
-        mirror = self.stream.draw() if self.mirror else None
-        if self.train and self.crop:
-            return mirror, self.stream.draw(), self.stream.draw()
-        return mirror, None, None
+        return self.draw_many(1)[0]
+
+    def draw_many(self, n: int):
+        """``draw()`` for ``n`` images in turn, from one read of the generator (the same
+        words, in the same order)."""
+        if not self.needs_rand:
+            return [(None, None, None)] * n
+        crop = self.train and self.crop > 0
+        per = int(self.mirror) + 2 * crop
+        words = self.stream.words(per * n).tolist()
+        out = []
+        for k in range(0, per * n, per):
+            mirror = words[k] if self.mirror else None
+            hw = words[k + per - 2:k + per] if crop else (None, None)
+            out.append((mirror, hw[0], hw[1]))
+        return out
 
     # ------------------------------------------------------------ shapes and checks
     def output_shape(self, shape):

@@ -31,9 +31,6 @@ from ..prefetch import Prefetcher, decode_workers
 from ..proto import caffe_pb2
 from ..transformer import DataTransformer
 
-_NO_DRAWS = (None, None, None)
-
-
 def _world():
     """(rank, size) under torch.distributed, else (0, 1): Caffe's solver_rank / solver_count."""
     dist = torch.distributed
@@ -61,7 +58,7 @@ class _BatchMaker:
     def __call__(self):
         t, reader = self.transformer, self.reader
         items = [next(self.items) for _ in range(self.batch_size)]
-        draws = [t.draw() if t.needs_rand else _NO_DRAWS for _ in items]
+        draws = t.draw_many(len(items))
         first, first_label = reader.load(items[0])
         jobs = [(0, items[0], draws[0], first, first_label)]
         jobs += [(i, items[i], draws[i]) for i in range(1, len(items))]
