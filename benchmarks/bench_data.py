@@ -7,7 +7,7 @@ the trainer waits per batch when its own step (simulated: the CPU is idle, as wh
 computes) takes longer than decoding. The load average is printed before and after.
 
     python benchmarks/bench_data.py [--images 256] [--batch 32] [--batches 10] [--rounds 5]
-                                    [--torch-threads 1]
+                                    [--torch-threads 1] [--workers 1,2]
 """
 from __future__ import annotations
 
@@ -144,7 +144,11 @@ def main():
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch's CPU threads (1: as when a GPU computes; more, and OpenMP "
                          "workers spinning after each batch copy take CPU from the decoders)")
+    ap.add_argument("--workers", default="1,2",
+                    help="decode worker counts to compare, the first one is the base (on a "
+                         "machine with more cores: 1,2,4,8)")
     args = ap.parse_args()
+    counts = [int(w) for w in args.workers.split(",")]
     import torch
     torch.set_num_threads(args.torch_threads)
 
@@ -157,10 +161,10 @@ def main():
         count = args.batch * args.batches
         pil_loop(jpegs, 64)                                  # warm up
         load_before = loadavg()
-        best = {"pil": (0, 0), "pil2": (0, 0), 1: (0, 0, 0), 2: (0, 0, 0)}
+        best = {"pil": (0, 0), "pil2": (0, 0), **{w: (0, 0, 0) for w in counts}}
         for _ in range(args.rounds):                         # interleaved: load hits all alike
             runs = {"pil": pil_loop(jpegs, count), "pil2": pil_loop(jpegs, count, threads=2)}
-            for workers in (1, 2):
+            for workers in counts:
                 runs[workers] = layer_rate(prototxt, workers, args.batches)[:3]
             best = {k: max(best[k], runs[k]) for k in best}
         (base, base_cpu), (base2, base2_cpu) = best["pil"], best["pil2"]
@@ -171,18 +175,25 @@ def main():
         print(f"  plain PIL decode loop   {base:7.1f} img/s             {base_cpu:5.2f} CPU ms/img")
         print(f"  plain PIL, 2 threads    {base2:7.1f} img/s  {base2 / base:5.2f}x 1 thread  "
               f"{base2_cpu:5.2f} CPU ms/img   (what 2 threads get on this machine now)")
-        print("  Data layer     img/s   x 1 worker  CPU ms/img (layer's process + workers)"
-              "  img/s per core")
-        one = best[1][0]
-        for workers in (1, 2):
+        print(f"  Data layer     img/s   x {counts[0]} worker  CPU ms/img (layer's process + "
+              "workers)  img/s per core")
+        one = best[counts[0]][0]
+        for workers in counts:
             rate, main_ms, worker_ms = best[workers]
-            print(f"  {workers} worker{'s' if workers > 1 else ' '}   {rate:7.1f}   {rate / one:6.2f}x"
-                  f"     {main_ms + worker_ms:5.2f} ({main_ms:.2f} + {worker_ms:.2f})"
+            print(f"  {workers} worker{'s' if workers > 1 else ' '}   {rate:7.1f}   "
+                  f"{rate / one:6.2f}x     {main_ms + worker_ms:5.2f} ({main_ms:.2f} + "
+                  f"{worker_ms:.2f})"
                   f"                  {1e3 / (main_ms + worker_ms):7.1f}")
-        two = best[2][0]
-        # the trainer's view: a step 1.5x as long as making a batch with 2 workers
-        step = 1.5 * args.batch / two
-        wait = layer_rate(prototxt, 2, args.batches, step_s=step)[3]
+        most = max(counts)
+        pools = [best[w] for w in counts if w > 1]
+        if pools:                       # the least contended figures: what a core does
+            _, main_ms, worker_ms = min(pools, key=lambda r: r[2])
+            print(f"  -> one worker process makes {1e3 / worker_ms:.0f} img/s per core; a GPU "
+                  f"that takes R img/s needs about R / {1e3 / worker_ms:.0f} workers "
+                  f"(set_decode_workers) plus {main_ms:.2f} CPU ms/img in its own process")
+        # the trainer's view: a step 1.5x as long as making a batch with the most workers
+        step = 1.5 * args.batch / best[most][0]
+        wait = layer_rate(prototxt, most, args.batches, step_s=step)[3]
         print(f"  trainer step of {1e3 * step:.1f} ms per batch (CPU idle, as while a GPU "
               f"computes): forward() waited {wait:.2f} ms per batch for data")
 

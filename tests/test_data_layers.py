@@ -633,6 +633,28 @@ def test_decode_worker_processes_raise_what_the_inline_path_raises(tmp_path):
     assert "record '00000002'" in messages[0] and "is 3x16x16 (C x H x W)" in messages[0]
 
 
+def test_a_decode_worker_that_dies_fails_the_next_batch_with_its_name(tmp_path, position_db):
+    """A killed worker process does not hang the layer: the batch it was to help make raises
+    an error naming it (and every later one does); closing the net ends the other worker."""
+    import os
+    import signal
+    prefetch.set_decode_workers(2)
+    net = data_net(tmp_path, position_db, "crop_size: 8", batch=3, extra="prefetch: 1")
+    net.forward()
+    pool = net.layers[0].decode_pool
+    victim, other = pool.worker_pids()
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=rf"decode worker decode-data-0 \(pid {victim}\) "
+                                           r"ended unexpectedly"):
+        for _ in range(4):              # batches made before the kill come out first
+            net.forward()
+    with pytest.raises(RuntimeError, match="ended unexpectedly"):
+        net.forward()
+    pool.close()
+    assert _wait_for(lambda: not os.path.exists(f"/proc/{other}") or
+                     open(f"/proc/{other}/stat").read().split()[2] == "Z")
+
+
 def test_leveldb_backend_on_an_lmdb_says_so(tmp_path, position_db):
     (tmp_path / "n.prototxt").write_text(f"""name: "n"
 layer {{ name: "data" type: "Data" top: "data"

@@ -24,7 +24,6 @@ layer's process ends.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import itertools
 import mmap
 import os
@@ -236,9 +235,10 @@ class _Worker:
         self.name = name
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        try:    # room for a whole share of records: sending to one worker never waits for it
+        try:    # room for a whole share of jobs: sending to one worker never waits for it
+            import fcntl
             fcntl.fcntl(to_child_w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-        except (OSError, AttributeError):
+        except (ImportError, OSError, AttributeError):
             pass
         code = (f"import sys; sys.path.insert(0, {_ROOT!r}); "
                 f"from models.caffe.decode_pool import worker_main; "
@@ -280,8 +280,9 @@ class _Worker:
 def worker_main(read_fd: int, write_fd: int) -> None:
     """A worker's loop: ``("setup", reader, transformer)`` once; ``("map", slot id, path)``,
     answered ``("mapped",)``; ``("unmap", slot id)``; per batch ``("batch", working
-    directory, slot id, arena slot id, data shape, first shape, jobs)``, answered ``("done", labels, CPU
-    seconds used so far)`` or ``("error", row, kind, details)``; ends when the pipe closes."""
+    directory, slot id, arena slot id, data shape, first shape, jobs)``, answered
+    ``("done", labels, CPU seconds used so far)`` or ``("error", row, kind, details)``. Ends
+    when the pipe closes."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # a Ctrl-C is the layer's process's to handle
     try:
