@@ -56,7 +56,9 @@ class DecodePool:
         self.reader, self.transformer, self.name = reader, transformer, name
         self._procs: list[_Worker] = []
         self._free: list[_Slot] = []         # slots no batch array holds
-        self._arena: _Slot | None = None     # the payloads of the batch being made
+        self._arenas: list = [None, None]    # the payloads of the batches in flight
+        self._turn = 0
+        self._files: set[str] = set()        # slot files not unlinked yet
         self.rows_made = 0                   # rows the workers have made so far
         self._cpu: dict[int, float] = {}     # worker -> its CPU seconds, as of its last reply
         self._lock = threading.Lock()
@@ -69,42 +71,56 @@ class DecodePool:
         ``shape``, labels float32, made by ``data_items.fill_rows``, the jobs dealt round-robin
         to the workers (a loaded one is made here while they work). Raises the error of the
         earliest bad row."""
-        labels = np.empty(shape[0], dtype=np.float32)
+        return self.collect(self.submit(jobs, shape, first_shape))
+
+    def submit(self, jobs, shape, first_shape) -> "_Ticket":
+        """Start making a batch (``make``); ``collect`` it later. With workers, the one
+        before it may still be in the making: a layer keeps one batch in flight while it
+        reads the next one's records, so the workers never wait for it."""
+        ticket = _Ticket(np.empty(shape[0], dtype=np.float32))
         if self.workers == 1:
-            data = np.empty(shape, dtype=np.float32)
-            fill_rows(self.reader, self.transformer, jobs, data, labels, first_shape)
-            return data, labels
+            ticket.data = np.empty(shape, dtype=np.float32)
+            fill_rows(self.reader, self.transformer, jobs, ticket.data, ticket.labels,
+                      first_shape)
+            return ticket
         here = [j for j in jobs if len(j) > 3]
         rest = [j for j in jobs if len(j) <= 3]
         procs = self._started()
-        slot = self._slot(int(np.prod(shape)) * 4, procs)
-        data = slot.lease(shape, self._give_back)
-        rest, arena = self._packed(rest, procs)
+        slot = self._slot(int(np.prod(shape)) * 4, procs, ticket)
+        ticket.data = slot.lease(shape, self._give_back)
+        rest, arena = self._packed(rest, procs, ticket)
         shares = [rest[k::len(procs)] for k in range(len(procs))]
-        busy = [(p, s) for p, s in zip(procs, shares) if s]
-        for p, share in busy:
+        ticket.busy = [(p, s) for p, s in zip(procs, shares) if s]
+        for p, share in ticket.busy:
             p.send(("batch", os.getcwd(), slot.id, arena, shape, first_shape, share))
-        errors = []
         try:
-            fill_rows(self.reader, self.transformer, here, data, labels, first_shape)
+            fill_rows(self.reader, self.transformer, here, ticket.data, ticket.labels,
+                      first_shape)
         except Exception as e:
-            errors.append((here[0][0], e))
-        for p, share in busy:
+            ticket.errors.append((here[0][0], e))
+        return ticket
+
+    def collect(self, ticket: "_Ticket"):
+        """(data, labels) of a submitted batch, once its workers are done; tickets are
+        collected in the order they were submitted."""
+        for p, share in ticket.busy:
             reply = p.receive()
             if reply[0] == "done":
-                labels[[j[0] for j in share]] = reply[1]
+                ticket.labels[[j[0] for j in share]] = reply[1]
                 self._cpu[p.proc.pid] = reply[2]
                 self.rows_made += len(share)
             else:
-                errors.append((reply[1], _rebuilt(reply, p)))
-        if errors:
-            raise min(errors, key=lambda e: e[0])[1]
-        return data, labels
+                ticket.errors.append((reply[1], _rebuilt(reply, p)))
+        for path in ticket.new_files:       # every worker has mapped them by now
+            self._unlink(path)
+        if ticket.errors:
+            raise min(ticket.errors, key=lambda e: e[0])[1]
+        return ticket.data, ticket.labels
 
     # ------------------------------------------------------------ shared memory slots
-    def _slot(self, nbytes, procs):
-        """A free slot of ``nbytes`` or more, else a new one every worker has mapped (free
-        ones too small for this batch are dropped: batches changed size)."""
+    def _slot(self, nbytes, procs, ticket):
+        """A free slot of ``nbytes`` or more, else a new one (free ones too small for this
+        batch are dropped: batches changed size)."""
         with self._lock:
             fits = [s for s in self._free if s.nbytes >= nbytes]
             if fits:
@@ -115,38 +131,45 @@ class DecodePool:
         for old in dropped:
             for p in procs:
                 p.send(("unmap", old.id))
-        return self._new_slot(nbytes, procs)
+        return self._new_slot(nbytes, procs, ticket)
 
-    @staticmethod
-    def _new_slot(nbytes, procs):
+    def _new_slot(self, nbytes, procs, ticket):
+        """A new slot; every worker maps it before the ticket's batch (its messages are read
+        in order), and its file is unlinked when the ticket is collected."""
         slot = _Slot(nbytes)
-        try:
-            for p in procs:
-                p.send(("map", slot.id, slot.path))
-            for p in procs:
-                reply = p.receive()
-                if reply[0] != "mapped":
-                    raise _rebuilt(reply, p)
-        finally:
-            os.unlink(slot.path)            # mapped everywhere (or failed): the name goes
+        with self._lock:
+            self._files.add(slot.path)
+        ticket.new_files.append(slot.path)
+        for p in procs:
+            p.send(("map", slot.id, slot.path))
         return slot
 
-    def _packed(self, jobs, procs):
-        """(jobs, arena slot id): the items' payloads (a record's value) copied into the
+    def _unlink(self, path):
+        with self._lock:
+            self._files.discard(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def _packed(self, jobs, procs, ticket):
+        """(jobs, arena slot id): the items' payloads (a record's value) copied into an
         arena, a shared slot every worker maps (a memcpy, where a pipe costs ten times as
-        much); each job gets the (offset, length) of its payload, or None. One batch is made at a
-        time, so one arena serves them all; it grows when a batch needs more."""
+        much); each job gets the (offset, length) of its payload, or None. Batches in flight
+        take turns over two arenas, which grow when a batch needs more."""
         payloads = [self.reader.payload(job[1]) for job in jobs]
         need = sum(len(p) for p in payloads if p is not None)
         if not need:
             return [job + (None,) for job in jobs], None
-        if self._arena is None or self._arena.nbytes < need:
-            if self._arena is not None:
+        self._turn ^= 1
+        arena = self._arenas[self._turn]
+        if arena is None or arena.nbytes < need:
+            if arena is not None:
                 for p in procs:
-                    p.send(("unmap", self._arena.id))
-                self._arena = None
-            self._arena = self._new_slot(max(need, 1 << 20) * 2, procs)
-        buf, offset, packed = self._arena.map, 0, []
+                    p.send(("unmap", arena.id))
+            arena = self._arenas[self._turn] = self._new_slot(max(need, 1 << 20) * 2, procs,
+                                                              ticket)
+        buf, offset, packed = arena.map, 0, []
         for (i, item, draws), payload in zip(jobs, payloads):
             span = None
             if payload is not None:
@@ -155,7 +178,7 @@ class DecodePool:
                 item = self.reader.with_payload(item, None)
                 offset += len(payload)
             packed.append((i, item, draws, span))
-        return packed, self._arena.id
+        return packed, arena.id
 
     def _give_back(self, slot):
         with self._lock:
@@ -192,6 +215,19 @@ class DecodePool:
             self._free = []
         for p in procs:
             p.close()
+        for path in list(self._files):
+            self._unlink(path)
+
+
+class _Ticket:
+    """A batch being made: its arrays, the workers with a share of it and what they were
+    given, errors so far, slot files to unlink once it is collected."""
+
+    def __init__(self, labels):
+        self.data, self.labels = None, labels
+        self.busy: list = []
+        self.errors: list = []
+        self.new_files: list[str] = []
 
 
 class _Slot:
@@ -266,8 +302,9 @@ class _Worker:
             return ("error", -1, "exit", self.proc.wait())
 
     def close(self):
+        """Close its pipe (it exits at the end of the batch it is making), wait for it. The
+        pipe from it is left to the garbage collector: the prefetch thread may be reading it."""
         self._out.close()
-        self._in.close()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -278,8 +315,8 @@ class _Worker:
 # ---------------------------------------------------------------- in the worker process
 
 def worker_main(read_fd: int, write_fd: int) -> None:
-    """A worker's loop: ``("setup", reader, transformer)`` once; ``("map", slot id, path)``,
-    answered ``("mapped",)``; ``("unmap", slot id)``; per batch ``("batch", working
+    """A worker's loop: ``("setup", reader, transformer)`` once; ``("map", slot id, path)``
+    and ``("unmap", slot id)`` as slots come and go; per batch ``("batch", working
     directory, slot id, arena slot id, data shape, first shape, jobs)``, answered
     ``("done", labels, CPU seconds used so far)`` or ``("error", row, kind, details)``. Ends
     when the pipe closes."""
@@ -293,6 +330,7 @@ def worker_main(read_fd: int, write_fd: int) -> None:
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     reader = transformer = None
     slots: dict[int, mmap.mmap] = {}
+    unmapped: dict[int, str] = {}           # slot -> why it could not be mapped
     while True:
         try:
             message = inbox.recv()
@@ -306,13 +344,17 @@ def worker_main(read_fd: int, write_fd: int) -> None:
             try:
                 with open(path, "r+b") as f:
                     slots[slot] = mmap.mmap(f.fileno(), 0)
-                outbox.send(("mapped",))
-            except OSError:
-                outbox.send(("error", -1, "bug", traceback.format_exc()))
+            except OSError:         # said in the reply to the batch that needs it
+                unmapped[slot] = traceback.format_exc()
         elif kind == "unmap":
-            slots.pop(message[1]).close()
+            mapping = slots.pop(message[1], None)
+            if mapping is not None:
+                mapping.close()
         else:
             _, cwd, slot, arena, shape, first_shape, jobs = message
+            if slot in unmapped or arena in unmapped:
+                outbox.send(("error", jobs[0][0], "bug", unmapped.get(slot, unmapped.get(arena))))
+                continue
             if cwd != os.getcwd():  # relative paths (ImageData's) as the layer's process sees them
                 os.chdir(cwd)
             buf = slots.get(arena)  # payloads back from the arena into their items

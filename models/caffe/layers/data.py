@@ -46,7 +46,9 @@ def _layer_error(layer):
 
 class _BatchMaker:
     """Runs in the prefetch thread: takes the next ``batch_size`` items, draws their random
-    numbers in order, then has the decode pool load and transform them into one batch."""
+    numbers in order, then has the decode pool load and transform them into one batch. With
+    decode workers, one batch stays in flight: the next one is read and handed out before
+    the one returned is waited for (an error is raised in the batch's turn)."""
 
     def __init__(self, items, reader, transformer, batch_size, pool):
         self.items = items              # iterator of items
@@ -54,15 +56,32 @@ class _BatchMaker:
         self.transformer = transformer
         self.batch_size = batch_size
         self.pool = pool
+        self.pending = None             # the batch in flight: a ticket, or what it raised
 
-    def __call__(self):
+    def _submit(self):
         t, reader = self.transformer, self.reader
         items = [next(self.items) for _ in range(self.batch_size)]
         draws = t.draw_many(len(items))
         first, first_label = reader.load(items[0])
         jobs = [(0, items[0], draws[0], first, first_label)]
         jobs += [(i, items[i], draws[i]) for i in range(1, len(items))]
-        return self.pool.make(jobs, (len(items),) + t.output_shape(first.shape), first.shape)
+        return self.pool.submit(jobs, (len(items),) + t.output_shape(first.shape), first.shape)
+
+    def _submit_caught(self):
+        try:
+            return self._submit()
+        except Exception as e:
+            return e
+
+    def __call__(self):
+        if self.pool.workers == 1:
+            return self.pool.collect(self._submit())
+        current = self.pending if self.pending is not None else self._submit_caught()
+        self.pending = None
+        if isinstance(current, Exception):
+            raise current
+        self.pending = self._submit_caught()
+        return self.pool.collect(current)
 
 
 class _PrefetchingData(Layer):
