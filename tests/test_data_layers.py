@@ -457,7 +457,10 @@ def test_image_data_gray_and_crop(image_folder, monkeypatch):
     assert crops, "the item is not a crop of the resized gray image"
 
 
-def test_image_data_shuffle_is_seeded_and_reshuffles_each_epoch(image_folder, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_image_data_shuffle_is_seeded_and_reshuffles_each_epoch(image_folder, monkeypatch,
+                                                                 workers):
+    prefetch.set_decode_workers(workers)
     monkeypatch.chdir(image_folder)
 
     def epochs(seed):
