@@ -12,8 +12,11 @@ A batch's data is written by the workers straight into a shared memory slot that
 process maps too, so nothing is copied back. Slots are made once and reused (a new shared page
 costs far more to fault in than the row written to it): the array a batch hands out leases its
 slot, and the slot is free again when that array and every view of it (a tensor made from it,
-a blob holding it) are gone. A slot's file is unlinked as soon as every worker has mapped it,
-so nothing stays behind in /dev/shm.
+a blob holding it) are gone. The records' values go the other way through a shared arena, not
+the pipes (a pipe costs ten times a memcpy). A slot's file is unlinked once the first batch
+that uses it is collected (every worker has mapped it by then), so nothing stays behind in
+/dev/shm. ``submit`` / ``collect`` let the layer keep one batch in flight: the workers make it
+while the layer's thread reads the next batch's records.
 
 Which rows a worker makes does not change what they hold: the items and their draws are fixed
 before any of them is dealt, so a batch is the same, bit for bit, for any number of workers.
