@@ -12,11 +12,10 @@ A batch's data is written by the workers straight into a shared memory slot that
 process maps too, so nothing is copied back. Slots are made once and reused (a new shared page
 costs far more to fault in than the row written to it): the array a batch hands out leases its
 slot, and the slot is free again when that array and every view of it (a tensor made from it,
-a blob holding it) are gone. The records' values go the other way through a shared arena, not
-the pipes (a pipe costs ten times a memcpy). A slot's file is unlinked once the first batch
-that uses it is collected (every worker has mapped it by then), so nothing stays behind in
-/dev/shm. ``submit`` / ``collect`` let the layer keep one batch in flight: the workers make it
-while the layer's thread reads the next batch's records.
+a blob holding it) are gone. A slot is an anonymous memfd, so nothing is left behind even when
+the process is killed. The records' values go the other way through a shared arena, not the
+pipes (a pipe costs ten times a memcpy). ``submit`` / ``collect`` let the layer keep one batch
+in flight: the workers make it while the layer's thread reads the next batch's records.
 
 Which rows a worker makes does not change what they hold: the items and their draws are fixed
 before any of them is dealt, so a batch is the same, bit for bit, for any number of workers.
@@ -61,7 +60,7 @@ class DecodePool:
         self._free: list[_Slot] = []         # slots no batch array holds
         self._arenas: list = [None, None]    # the payloads of the batches in flight
         self._turn = 0
-        self._files: set[str] = set()        # slot files not unlinked yet
+        self._unreleased: set = set()        # slots whose name or descriptor is still open
         self.rows_made = 0                   # rows the workers have made so far
         self._cpu: dict[int, float] = {}     # worker -> its CPU seconds, as of its last reply
         self._lock = threading.Lock()
@@ -114,8 +113,8 @@ class DecodePool:
                 self.rows_made += len(share)
             else:
                 ticket.errors.append((reply[1], _rebuilt(reply, p)))
-        for path in ticket.new_files:       # every worker has mapped them by now
-            self._unlink(path)
+        for slot in ticket.new_slots:       # every worker has mapped them by now
+            self._release(slot)
         if ticket.errors:
             raise min(ticket.errors, key=lambda e: e[0])[1]
         return ticket.data, ticket.labels
@@ -141,19 +140,16 @@ class DecodePool:
         in order), and its file is unlinked when the ticket is collected."""
         slot = _Slot(nbytes)
         with self._lock:
-            self._files.add(slot.path)
-        ticket.new_files.append(slot.path)
+            self._unreleased.add(slot)
+        ticket.new_slots.append(slot)
         for p in procs:
             p.send(("map", slot.id, slot.path))
         return slot
 
-    def _unlink(self, path):
+    def _release(self, slot):
         with self._lock:
-            self._files.discard(path)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+            self._unreleased.discard(slot)
+        slot.release()
 
     def _packed(self, jobs, procs, ticket):
         """(jobs, arena slot id): the items' payloads (a record's value) copied into an
@@ -218,8 +214,8 @@ class DecodePool:
             self._free = []
         for p in procs:
             p.close()
-        for path in list(self._files):
-            self._unlink(path)
+        for slot in list(self._unreleased):
+            self._release(slot)
 
 
 class _Ticket:
@@ -230,24 +226,46 @@ class _Ticket:
         self.data, self.labels = None, labels
         self.busy: list = []
         self.errors: list = []
-        self.new_files: list[str] = []
+        self.new_slots: list[_Slot] = []
 
 
 class _Slot:
-    """A shared memory file mapped here and, by id, in every worker."""
+    """Shared memory mapped here and, by ``path``, in every worker: an anonymous memfd the
+    workers open through /proc (it goes with the last process that maps it, even one that is
+    killed), or where there is none a file under /dev/shm. ``release()`` once every worker has
+    mapped it closes the memfd or unlinks the file."""
     _ids = itertools.count()
 
     def __init__(self, nbytes: int):
         self.id, self.nbytes = next(self._ids), nbytes
-        fd, self.path = tempfile.mkstemp(prefix="deepselfie-batch-", dir=_SHM)
+        self._fd, self._file = None, None
+        if hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd"):
+            fd = self._fd = os.memfd_create("deepselfie-batch", os.MFD_CLOEXEC)
+            self.path = f"/proc/{os.getpid()}/fd/{fd}"
+        else:
+            fd, self.path = tempfile.mkstemp(prefix="deepselfie-batch-", dir=_SHM)
+            self._file = self.path
+        named = self._file is not None
         try:
             os.ftruncate(fd, nbytes)
             self.map = mmap.mmap(fd, nbytes)
         except BaseException:
-            os.unlink(self.path)
+            self.release()
             raise
         finally:
-            os.close(fd)
+            if named:                   # the file has a name: the mapping is all it needs
+                os.close(fd)
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._file is not None:
+            try:
+                os.unlink(self._file)
+            except FileNotFoundError:
+                pass
+            self._file = None
 
     def lease(self, shape, give_back) -> np.ndarray:
         """A float32 array of ``shape`` on this slot; ``give_back(self)`` once it and every
