@@ -67,18 +67,13 @@ class DecodePool:
         self._closed = False
 
     # ------------------------------------------------------------ a batch
-    def make(self, jobs, shape, first_shape):
-        """The batch of ``jobs`` (``(i, item, draws)``; the first may be ``(i, item, draws,
-        img, label)``, already loaded) as (data, labels): data N x C x H x W float32 of
-        ``shape``, labels float32, made by ``data_items.fill_rows``, the jobs dealt round-robin
-        to the workers (a loaded one is made here while they work). Raises the error of the
-        earliest bad row."""
-        return self.collect(self.submit(jobs, shape, first_shape))
-
     def submit(self, jobs, shape, first_shape) -> "_Ticket":
-        """Start making a batch (``make``); ``collect`` it later. With workers, the one
-        before it may still be in the making: a layer keeps one batch in flight while it
-        reads the next one's records, so the workers never wait for it."""
+        """Start making the batch of ``jobs`` (``(i, item, draws)``; the first may be ``(i,
+        item, draws, img, label)``, already loaded): data N x C x H x W float32 of ``shape``,
+        labels float32, rows made by ``data_items.fill_rows``, the jobs dealt round-robin to
+        the workers (a loaded one is made here while they work); ``collect`` it later. With
+        workers, the one before it may still be in the making: a layer keeps one batch in
+        flight while it reads the next one's records, so the workers never wait for it."""
         ticket = _Ticket(np.empty(shape[0], dtype=np.float32))
         if self.workers == 1:
             ticket.data = np.empty(shape, dtype=np.float32)
@@ -104,7 +99,8 @@ class DecodePool:
 
     def collect(self, ticket: "_Ticket"):
         """(data, labels) of a submitted batch, once its workers are done; tickets are
-        collected in the order they were submitted."""
+        collected in the order they were submitted. Raises the error of the batch's earliest
+        bad row."""
         for p, share in ticket.busy:
             reply = p.receive()
             if reply[0] == "done":
