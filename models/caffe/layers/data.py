@@ -31,6 +31,7 @@ from ..prefetch import Prefetcher, decode_workers
 from ..proto import caffe_pb2
 from ..transformer import DataTransformer
 
+
 def _world():
     """(rank, size) under torch.distributed, else (0, 1): Caffe's solver_rank / solver_count."""
     dist = torch.distributed
