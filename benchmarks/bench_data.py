@@ -1,16 +1,20 @@
 """Data layer throughput: images per second out of an encoded LMDB of 256x256 JPEGs (TRAIN,
-crop 224, mirror, per-channel mean), with 1 and 2 decode workers, side by side with a plain PIL
-decode loop over the same JPEG bytes, in one run. Then how long the trainer waits per batch when
-its own step (simulated: the CPU is idle, as while a GPU computes) takes longer than decoding.
+crop 224, mirror, per-channel mean), with 1 decode worker (inline, in the prefetch thread) and
+2 (worker processes), side by side with a plain PIL decode loop over the same JPEG bytes, in one
+run: img/s, 2 workers / 1, CPU ms per image (the layer's process and its workers) and img/s per
+core (images per CPU second), from which the workers a GPU needs can be read off. Then how long
+the trainer waits per batch when its own step (simulated: the CPU is idle, as while a GPU
+computes) takes longer than decoding. The load average is printed before and after.
 
     python benchmarks/bench_data.py [--images 256] [--batch 32] [--batches 10] [--rounds 5]
-                                    [--torch-threads 1]
+                                    [--torch-threads 1] [--workers 1,2]
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
 import io
+import os
 import pathlib
 import sys
 import tempfile
@@ -78,15 +82,18 @@ layer {{ name: "data" type: "Data" top: "data" top: "label"
 
 
 def layer_rate(prototxt, workers: int, batches: int, step_s: float = 0.0):
-    """(img/s, CPU ms per image, ms per batch forward() waited for a batch) in steady state.
-    The net is built, its queue left to fill and then emptied (with ``step_s``, the trainer's
-    step, a few steps more), ``batches`` are timed, and its threads are stopped before
-    returning, so nothing runs behind another measurement."""
+    """(img/s, CPU ms per image in the layer's process, CPU ms per image in its workers, ms per
+    batch forward() waited for a batch) in steady state. The net is built, its queue left to
+    fill and then emptied (with ``step_s``, the trainer's step, a few steps more), ``batches``
+    are timed, and its threads and workers are stopped before returning, so nothing runs
+    behind another measurement. The workers' CPU time is what they report per batch made, over
+    the rows they made in the same time."""
     prefetch.set_decode_workers(workers)
     caffe.set_random_seed(0)
     net = caffe.Net(str(prototxt), caffe.TRAIN)
-    prefetcher = net.layers[0]._prefetcher
-    while prefetcher._ready.qsize() < net.layers[0].param.data_param.prefetch:
+    layer = net.layers[0]
+    prefetcher, pool = layer._prefetcher, layer.decode_pool
+    while prefetcher._ready.qsize() < layer.param.data_param.prefetch:
         time.sleep(0.01)
     while prefetcher._ready.qsize():
         net.forward()
@@ -104,16 +111,27 @@ def layer_rate(prototxt, workers: int, batches: int, step_s: float = 0.0):
         finally:
             waited += time.perf_counter() - t0
     prefetcher.next = timed_next
+    rows0, wcpu0 = pool.worker_cpu()
     c, t = time.process_time(), time.perf_counter()
     for _ in range(batches):
         net.forward()
         if step_s:
             time.sleep(step_s)              # the trainer's step, CPU idle (a GPU computing)
     elapsed, cpu = time.perf_counter() - t, time.process_time() - c
+    rows1, wcpu1 = pool.worker_cpu()
     n = net.blobs["data"].data.shape[0] * batches
     prefetcher.close()
     prefetcher._thread.join()
-    return n / elapsed, 1e3 * cpu / n, 1e3 * waited / batches
+    pool.close()
+    worker_ms = 1e3 * (wcpu1 - wcpu0) / (rows1 - rows0) if rows1 > rows0 else 0.0
+    return n / elapsed, 1e3 * cpu / n, worker_ms, 1e3 * waited / batches
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def main():
@@ -126,7 +144,11 @@ def main():
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch's CPU threads (1: as when a GPU computes; more, and OpenMP "
                          "workers spinning after each batch copy take CPU from the decoders)")
+    ap.add_argument("--workers", default="1,2",
+                    help="decode worker counts to compare, the first one is the base (on a "
+                         "machine with more cores: 1,2,4,8)")
     args = ap.parse_args()
+    counts = [int(w) for w in args.workers.split(",")]
     import torch
     torch.set_num_threads(args.torch_threads)
 
@@ -138,29 +160,40 @@ def main():
         prototxt = net_file(tmp, tmp / "db", args.batch)
         count = args.batch * args.batches
         pil_loop(jpegs, 64)                                  # warm up
-        best = {"pil": (0, 0), "pil2": (0, 0), 1: (0, 0), 2: (0, 0)}
+        load_before = loadavg()
+        best = {"pil": (0, 0), "pil2": (0, 0), **{w: (0, 0, 0) for w in counts}}
         for _ in range(args.rounds):                         # interleaved: load hits all alike
             runs = {"pil": pil_loop(jpegs, count), "pil2": pil_loop(jpegs, count, threads=2)}
-            for workers in (1, 2):
-                runs[workers] = layer_rate(prototxt, workers, args.batches)[:2]
+            for workers in counts:
+                runs[workers] = layer_rate(prototxt, workers, args.batches)[:3]
             best = {k: max(best[k], runs[k]) for k in best}
-        (base, base_cpu), (one, one_cpu), (two, two_cpu) = best["pil"], best[1], best[2]
-        base2, base2_cpu = best["pil2"]
+        (base, base_cpu), (base2, base2_cpu) = best["pil"], best["pil2"]
         print(f"encoded LMDB of {args.images} JPEGs 256x256; Data layer TRAIN, crop 224, mirror, "
               f"mean_value, batch {args.batch}; best of {args.rounds} interleaved rounds of "
-              f"{count} images; torch threads {args.torch_threads}")
-        print(f"  plain PIL decode loop   {base:7.1f} img/s            "
-              f"{base_cpu:5.2f} CPU ms/img")
-        print(f"  plain PIL, 2 threads    {base2:7.1f} img/s  {base2 / base:5.2f}x PIL   "
+              f"{count} images; torch threads {args.torch_threads}; load average {load_before} "
+              f"before, {loadavg()} after ({os.cpu_count()} cores)")
+        print(f"  plain PIL decode loop   {base:7.1f} img/s             {base_cpu:5.2f} CPU ms/img")
+        print(f"  plain PIL, 2 threads    {base2:7.1f} img/s  {base2 / base:5.2f}x 1 thread  "
               f"{base2_cpu:5.2f} CPU ms/img   (what 2 threads get on this machine now)")
-        print(f"  Data layer, 1 worker    {one:7.1f} img/s  {one / base:5.2f}x PIL   "
-              f"{one_cpu:5.2f} CPU ms/img")
-        print(f"  Data layer, 2 workers   {two:7.1f} img/s  {two / base:5.2f}x PIL   "
-              f"{two_cpu:5.2f} CPU ms/img   {two / one:5.2f}x 1 worker, "
-              f"{two / base2:5.2f}x PIL on 2 threads")
-        # the trainer's view: a step 1.5x as long as making a batch with 2 workers
-        step = 1.5 * args.batch / two
-        _, _, wait = layer_rate(prototxt, 2, args.batches, step_s=step)
+        print(f"  Data layer     img/s   x {counts[0]} worker  CPU ms/img (layer's process + "
+              "workers)  img/s per core")
+        one = best[counts[0]][0]
+        for workers in counts:
+            rate, main_ms, worker_ms = best[workers]
+            print(f"  {workers} worker{'s' if workers > 1 else ' '}   {rate:7.1f}   "
+                  f"{rate / one:6.2f}x     {main_ms + worker_ms:5.2f} ({main_ms:.2f} + "
+                  f"{worker_ms:.2f})"
+                  f"                  {1e3 / (main_ms + worker_ms):7.1f}")
+        most = max(counts)
+        pools = [best[w] for w in counts if w > 1]
+        if pools:                       # the least contended figures: what a core does
+            _, main_ms, worker_ms = min(pools, key=lambda r: r[2])
+            print(f"  -> one worker process makes {1e3 / worker_ms:.0f} img/s per core; a GPU "
+                  f"that takes R img/s needs about R / {1e3 / worker_ms:.0f} workers "
+                  f"(set_decode_workers) plus {main_ms:.2f} CPU ms/img in its own process")
+        # the trainer's view: a step 1.5x as long as making a batch with the most workers
+        step = 1.5 * args.batch / best[most][0]
+        wait = layer_rate(prototxt, most, args.batches, step_s=step)[3]
         print(f"  trainer step of {1e3 * step:.1f} ms per batch (CPU idle, as while a GPU "
               f"computes): forward() waited {wait:.2f} ms per batch for data")
 

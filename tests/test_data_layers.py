@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from google.protobuf import text_format
 from PIL import Image
 from skimage import data as skdata
 
@@ -17,6 +18,7 @@ from models.caffe import image as cvimage
 from models.caffe.errors import CaffeError
 from models.caffe.io import array_to_datum
 from models.caffe.proto import caffe_pb2
+from models.caffe.transformer import DataTransformer
 
 
 # ---------------------------------------------------------------- helpers
@@ -155,6 +157,23 @@ def test_train_draws_follow_caffes_recipe(tmp_path, position_db):
     assert got == want
 
 
+@pytest.mark.parametrize("transform", ["mirror: true", "crop_size: 4", "crop_size: 4 mirror: true",
+                                       "crop_size: 4 mirror: true phase: TEST", ""])
+def test_a_batch_of_draws_is_the_draws_one_by_one(transform):
+    """The layer draws a batch's random numbers in one read of its generator: the same numbers
+    as one image after another (mirror, then h and w), in every configuration."""
+    phase = caffe.TEST if "TEST" in transform else caffe.TRAIN
+    param = caffe_pb2.TransformationParameter()
+    text_format.Parse(transform.replace("phase: TEST", ""), param)
+    caffe.set_random_seed(11)
+    one = DataTransformer(param, phase, None)
+    caffe.set_random_seed(11)
+    many = DataTransformer(param, phase, None)
+    want = [one.draw() for _ in range(7)] + [one.draw() for _ in range(5)]
+    assert many.draw_many(7) + many.draw_many(5) == want
+    assert (want[0] == (None, None, None)) == (transform == "")
+
+
 def test_decode_workers_do_not_change_the_batches(tmp_path):
     images = [np.asarray(skimage_rgb(n, (40, 36)))[:, :, ::-1].transpose(2, 0, 1).copy()
               for n in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")]
@@ -163,15 +182,17 @@ def test_decode_workers_do_not_change_the_batches(tmp_path):
                                                  "JPEG", quality=90), i)
                             for i, im in enumerate(images)])
     runs = []
-    for workers in (1, 3):
+    for workers in (1, 2, 3):
         prefetch.set_decode_workers(workers)
         caffe.set_random_seed(3)
         net = data_net(tmp_path, path, "crop_size: 30 mirror: true mean_value: 110 scale: 0.5",
                        batch=4)
         runs.append(batches(net, 4))
-    for (d1, l1), (d2, l2) in zip(*runs):
-        np.testing.assert_array_equal(d1, d2)
-        np.testing.assert_array_equal(l1, l2)
+        assert len(net.layers[0].decode_pool.worker_pids()) == (workers if workers > 1 else 0)
+    for run in runs[1:]:
+        for (d1, l1), (d2, l2) in zip(runs[0], run):
+            np.testing.assert_array_equal(d1, d2)
+            np.testing.assert_array_equal(l1, l2)
 
 
 def test_test_phase_center_crop_with_mean_file_at_the_crop_offset(tmp_path):
@@ -401,7 +422,11 @@ layer {{ name: "data" type: "ImageData" top: "data" top: "label"
     return caffe.Net(str(root / "img.prototxt"), caffe.TRAIN if phase == "TRAIN" else caffe.TEST)
 
 
-def test_image_data_reads_resizes_and_wraps(image_folder, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_image_data_reads_resizes_and_wraps(image_folder, monkeypatch, workers):
+    """The same with the images read by worker processes (relative paths: their working
+    directory follows the layer's process)."""
+    prefetch.set_decode_workers(workers)
     monkeypatch.chdir(image_folder)
     net = image_data_net(image_folder, "batch_size: 4 new_height: 32 new_width: 40",
                          "mean_value: 100")
@@ -432,7 +457,10 @@ def test_image_data_gray_and_crop(image_folder, monkeypatch):
     assert crops, "the item is not a crop of the resized gray image"
 
 
-def test_image_data_shuffle_is_seeded_and_reshuffles_each_epoch(image_folder, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_image_data_shuffle_is_seeded_and_reshuffles_each_epoch(image_folder, monkeypatch,
+                                                                 workers):
+    prefetch.set_decode_workers(workers)
     monkeypatch.chdir(image_folder)
 
     def epochs(seed):
@@ -585,6 +613,49 @@ def test_crop_larger_than_the_image_and_bad_records(tmp_path, position_db):
         with pytest.raises(CaffeError, match=r"layer 'data'.*record '00000002' of .*bad: "
                                             r"cannot decode its image"):
             net.forward()
+
+
+def test_decode_worker_processes_raise_what_the_inline_path_raises(tmp_path):
+    """A batch with a record of the wrong size (row 2) and an undecodable one (row 3): with
+    worker processes, the layer raises the same error as without, the earliest bad row's, and
+    keeps raising it."""
+    good = encode(skimage_rgb("coffee", (20, 20)), "PNG")
+    small = encode(skimage_rgb("coffee", (16, 16)), "PNG")
+    write_datum_lmdb(tmp_path / "bad", [encoded_datum(good, 0), encoded_datum(good, 1),
+                                        encoded_datum(small, 2),
+                                        encoded_datum(b"\xff\xd8 not a jpeg", 3)])
+    messages = []
+    for workers in (1, 3):
+        prefetch.set_decode_workers(workers)
+        net = data_net(tmp_path, tmp_path / "bad", batch=4, phase="TEST")
+        for _ in range(2):
+            with pytest.raises(CaffeError) as e:
+                net.forward()
+            messages.append(str(e.value))
+    assert len(set(messages)) == 1, messages
+    assert "record '00000002'" in messages[0] and "is 3x16x16 (C x H x W)" in messages[0]
+
+
+def test_a_decode_worker_that_dies_fails_the_next_batch_with_its_name(tmp_path, position_db):
+    """A killed worker process does not hang the layer: the batch it was to help make raises
+    an error naming it (and every later one does); closing the net ends the other worker."""
+    import os
+    import signal
+    prefetch.set_decode_workers(2)
+    net = data_net(tmp_path, position_db, "crop_size: 8", batch=3, extra="prefetch: 1")
+    net.forward()
+    pool = net.layers[0].decode_pool
+    victim, other = pool.worker_pids()
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=rf"decode worker decode-data-0 \(pid {victim}\) "
+                                           r"ended unexpectedly"):
+        for _ in range(4):              # batches made before the kill come out first
+            net.forward()
+    with pytest.raises(RuntimeError, match="ended unexpectedly"):
+        net.forward()
+    pool.close()
+    assert _wait_for(lambda: not os.path.exists(f"/proc/{other}") or
+                     open(f"/proc/{other}/stat").read().split()[2] == "Z")
 
 
 def test_leveldb_backend_on_an_lmdb_says_so(tmp_path, position_db):

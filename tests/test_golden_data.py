@@ -8,7 +8,7 @@ import pytest
 
 import models.caffe as caffe
 from conftest import golden_cases
-from models.caffe import db, protoio
+from models.caffe import db, prefetch, protoio
 from models.caffe import image as cvimage
 from models.caffe.proto import caffe_pb2
 
@@ -19,9 +19,13 @@ def test_golden_data_cases_are_present(golden):
     assert CASES, "no cases under caffe-golden/data"
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("name", CASES)
-def test_data_case_matches_caffe(golden, name, monkeypatch):
+def test_data_case_matches_caffe(golden, name, workers, monkeypatch):
+    """Inline (1 worker) and on 2 decode worker processes: the same records, draws and
+    pixels."""
     case = golden / name
+    monkeypatch.setattr(prefetch, "_decode_workers", workers)
     meta = json.loads((case / "meta.json").read_text())
     expected = np.load(case / "expected.npz")
     monkeypatch.chdir(case)                 # Caffe resolves source and mean_file from here

@@ -5,12 +5,11 @@ batches waiting (``data_param.prefetch``, 4 by default), so a forward pass only 
 decoding is slower than the net. ``next()`` hands out the batches in order; an error raised while
 making one is raised by the ``next()`` that would have returned it (and by every later one).
 
-``DecodePool`` runs one function over the items of a batch on ``workers`` threads (the image
-decoders and numpy release the GIL); with one worker it runs inline in the prefetch thread.
+How many decode workers each layer makes its batches with (``decode_pool.DecodePool``: worker
+processes, or inline in the prefetch thread with one) is set here.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import queue
 import threading
@@ -19,8 +18,9 @@ _decode_workers: int | None = None
 
 
 def set_decode_workers(n: int | None) -> None:
-    """Threads each data layer decodes with (None: automatic, half the cores, at most 8).
-    Takes effect for layers built afterwards."""
+    """Worker processes each data layer decodes and transforms with (1: none, the layer's
+    prefetch thread does it; None: automatic, half the cores, at most 8). Takes effect for
+    layers built afterwards; the batches are the same for any number."""
     global _decode_workers
     if n is not None and int(n) < 1:
         raise ValueError("decode workers must be at least 1")
@@ -74,30 +74,3 @@ class Prefetcher:
                 self._ready.get_nowait()
         except queue.Empty:
             pass
-
-
-class DecodePool:
-    def __init__(self, workers: int, name: str = "decode"):
-        self.workers = max(1, int(workers))
-        self._pool = (concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix=name)
-                      if self.workers > 1 else None)
-
-    def run(self, fn, items) -> None:
-        """``fn(*item)`` for every item, the items dealt round-robin to the workers; returns
-        when all are done (the first error is raised)."""
-        if self._pool is None:
-            for item in items:
-                fn(*item)
-            return
-
-        def run_share(share):
-            for item in share:
-                fn(*item)
-        futures = [self._pool.submit(run_share, items[k::self.workers])
-                   for k in range(min(self.workers, len(items)))]
-        for f in futures:
-            f.result()
-
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)

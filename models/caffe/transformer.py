@@ -58,13 +58,29 @@ class DataTransformer:
         is made, and again just before its prefetch thread starts); the second one counts."""
         self.stream = Stream(caffe_rng_rand()) if self.needs_rand else None
 
+    def __getstate__(self):
+        """Pickled for a decode worker, which transforms with draws made here: no generator."""
+        return dict(self.__dict__, stream=None)
+
     # ------------------------------------------------------------ randomness, in Caffe's order
     def draw(self):
         """The random numbers one image will use: (mirror, h, w), each None when not drawn."""
-        mirror = self.stream.draw() if self.mirror else None
-        if self.train and self.crop:
-            return mirror, self.stream.draw(), self.stream.draw()
-        return mirror, None, None
+        return self.draw_many(1)[0]
+
+    def draw_many(self, n: int):
+        """``draw()`` for ``n`` images in turn, from one read of the generator (the same
+        words, in the same order)."""
+        if not self.needs_rand:
+            return [(None, None, None)] * n
+        crop = self.train and self.crop > 0
+        per = int(self.mirror) + 2 * crop
+        words = self.stream.words(per * n).tolist()
+        out = []
+        for k in range(0, per * n, per):
+            mirror = words[k] if self.mirror else None
+            hw = words[k + per - 2:k + per] if crop else (None, None)
+            out.append((mirror, hw[0], hw[1]))
+        return out
 
     # ------------------------------------------------------------ shapes and checks
     def output_shape(self, shape):
@@ -111,14 +127,13 @@ class DataTransformer:
                 h0, w0 = (h - self.crop) // 2, (w - self.crop) // 2
             img = img[:, h0:h0 + self.crop, w0:w0 + self.crop]
         dst = out[:, :, ::-1] if (mirror_draw is not None and mirror_draw % 2) else out
+        dst[...] = img      # to float32 first, then in place: faster than a casting subtract
         if self.mean is not None:
             mean = self.mean[:, h0:h0 + img.shape[1], w0:w0 + img.shape[2]]
-            np.subtract(img, mean, out=dst, dtype=np.float32)
+            np.subtract(dst, mean, out=dst)
         elif self.mean_values is not None:
             mv = self.mean_values if len(self.mean_values) == c else \
                 np.repeat(self.mean_values, c)
-            np.subtract(img, mv[:, None, None], out=dst, dtype=np.float32)
-        else:
-            dst[...] = img
+            np.subtract(dst, mv[:, None, None], out=dst)
         if self.scale != 1:
             np.multiply(out, self.scale, out=out)

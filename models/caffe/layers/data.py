@@ -21,16 +21,15 @@ import weakref
 import numpy as np
 import torch
 
-from .. import db, glog, image, rng
-from ..datum import decode_datum
+from .. import db, glog, rng
+from ..data_items import DatumRecords, ImageFiles, LayerError
+from ..decode_pool import DecodePool
 from ..errors import CaffeError
 from ..filler import fill
 from ..layer import Layer, register
-from ..prefetch import DecodePool, Prefetcher, decode_workers
+from ..prefetch import Prefetcher, decode_workers
 from ..proto import caffe_pb2
 from ..transformer import DataTransformer
-
-_NO_DRAWS = (None, None, None)
 
 
 def _world():
@@ -42,106 +41,48 @@ def _world():
 
 
 def _layer_error(layer):
-    """``layer.error`` without a reference to the layer, for objects the prefetch thread holds
-    (so a net that is dropped can be collected and its thread stopped)."""
-    source, where = layer.source, f"layer {layer.name!r} ({layer.type})"
-
-    def error(message, field=None):
-        return CaffeError(message, path=source, field=where + (f": {field}" if field else ""))
-    error.where = where
-    return error
-
-
-class DatumRecords:
-    """Data's items: (key, value) records of a database, read as Datum."""
-
-    def __init__(self, source: str, transformer, error):
-        self.source, self.transformer, self.error = source, transformer, error
-
-    def describe(self, record):
-        return f"record {record[0].decode('utf-8', 'replace')!r} of {self.source}"
-
-    def load(self, record):
-        """-> (C x H x W image, label)"""
-        try:
-            datum = decode_datum(record[1])
-        except ValueError as e:
-            raise self.error(f"{self.describe(record)}: {e}") from None
-        try:
-            img = self.transformer.datum_image(datum)
-        except image.ImageError as e:
-            raise self.error(f"{self.describe(record)}: cannot decode its image ({e})") from None
-        except ValueError as e:
-            raise self.error(f"{self.describe(record)}: {e}") from None
-        return img, datum.label
-
-
-class ImageFiles:
-    """ImageData's items: (path, label) lines, read from ``root_folder + path``."""
-
-    def __init__(self, param: caffe_pb2.ImageDataParameter, error):
-        self.root = param.root_folder
-        self.flag = image.COLOR if param.is_color else image.GRAYSCALE
-        self.size = (param.new_height, param.new_width) if param.new_height > 0 else None
-        self.error = error
-
-    def describe(self, line):
-        return f"image {self.root + line[0]!r}"
-
-    def load(self, line):
-        path = self.root + line[0]          # Caffe joins them as strings
-        try:
-            img = image.read(path, self.flag)
-        except FileNotFoundError:
-            hint = ""
-            if self.root and not self.root.endswith("/"):
-                hint = " (root_folder is prefixed as is: end it with '/')"
-            raise CaffeError(f"image not found{hint}", path=path,
-                             field=self.error.where) from None
-        except (image.ImageError, OSError) as e:
-            raise CaffeError(f"cannot read the image ({e})", path=path,
-                             field=self.error.where) from None
-        if self.size:
-            img = image.resize(img, *self.size)
-        return img.transpose(2, 0, 1), line[1]
+    """The layer's error maker, without a reference to the layer (see ``LayerError``)."""
+    return LayerError(layer.source, f"layer {layer.name!r} ({layer.type})")
 
 
 class _BatchMaker:
     """Runs in the prefetch thread: takes the next ``batch_size`` items, draws their random
-    numbers in order, then decodes and transforms them into one batch on the decode pool."""
+    numbers in order, then has the decode pool load and transform them into one batch. With
+    decode workers, one batch stays in flight: the next one is read and handed out before
+    the one returned is waited for (an error is raised in the batch's turn)."""
 
-    def __init__(self, items, reader, transformer, batch_size, pool, error):
+    def __init__(self, items, reader, transformer, batch_size, pool):
         self.items = items              # iterator of items
         self.reader = reader            # DatumRecords or ImageFiles
         self.transformer = transformer
         self.batch_size = batch_size
         self.pool = pool
-        self.error = error
+        self.pending = None             # the batch in flight: a ticket, or what it raised
 
-    def __call__(self):
+    def _submit(self):
         t, reader = self.transformer, self.reader
         items = [next(self.items) for _ in range(self.batch_size)]
-        draws = [t.draw() if t.needs_rand else _NO_DRAWS for _ in items]
+        draws = t.draw_many(len(items))
         first, first_label = reader.load(items[0])
-        shape = t.output_shape(first.shape)
-        data = np.empty((len(items),) + shape, dtype=np.float32)
-        labels = np.empty(len(items), dtype=np.float32)
-
-        def work(i, item, draw, img=None, label=None):
-            if img is None:
-                img, label = reader.load(item)
-            if t.output_shape(img.shape) != shape:
-                raise self.error(
-                    f"{reader.describe(item)} is {'x'.join(map(str, img.shape))} (C x H x W) "
-                    f"but this batch's first image is {'x'.join(map(str, first.shape))}; "
-                    "without crop_size every image in a batch must have the same size")
-            t.transform(img, draw, data[i])
-            labels[i] = label
-
         jobs = [(0, items[0], draws[0], first, first_label)]
         jobs += [(i, items[i], draws[i]) for i in range(1, len(items))]
-        self.pool.run(work, jobs)
-        return data, labels
+        return self.pool.submit(jobs, (len(items),) + t.output_shape(first.shape), first.shape)
+
+    def _submit_caught(self):
+        try:
+            return self._submit()
+        except Exception as e:
+            return e
+
+    def __call__(self):
+        if self.pool.workers == 1:
+            return self.pool.collect(self._submit())
+        current = self.pending if self.pending is not None else self._submit_caught()
+        self.pending = None
+        if isinstance(current, Exception):
+            raise current
+        self.pending = self._submit_caught()
+        return self.pool.collect(current)
 
 
 class _PrefetchingData(Layer):
@@ -156,9 +97,9 @@ class _PrefetchingData(Layer):
         self._shapes = [shape, (batch_size,)][:len(self.param.top)]
         self.transformer.init_rand()   # BasePrefetchingDataLayer::LayerSetUp's second InitRand
         rng.caffe_rng_rand()   # Caffe seeds the prefetch thread here; keep the stream in step
-        pool = DecodePool(decode_workers(), name=f"decode-{self.name}")
-        maker = _BatchMaker(items, reader, self.transformer, batch_size, pool,
-                            _layer_error(self))
+        pool = DecodePool(decode_workers(), reader, self.transformer, name=f"decode-{self.name}")
+        maker = _BatchMaker(items, reader, self.transformer, batch_size, pool)
+        self.decode_pool = pool
         self._prefetcher = Prefetcher(maker, self.param.data_param.prefetch,
                                       name=f"prefetch-{self.name}")
         weakref.finalize(self, _shutdown, self._prefetcher, pool)
