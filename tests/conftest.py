@@ -118,3 +118,16 @@ def run_cli(*args, cwd=None, env=None, timeout=600, input=None):
 def cli():
     """The deepselfie command of this checkout: ``cli("label", "--set", ...)``."""
     return run_cli
+
+
+@pytest.fixture
+def fake_gs(tmp_path, monkeypatch):
+    """A `gs` first on PATH that leaves a marker file (the path returned) when anything runs it:
+    the tests that say no Ghostscript starts for an EPS file check that it stays absent."""
+    bin_dir, marker = tmp_path / "bin", tmp_path / "gs-was-run"
+    bin_dir.mkdir()
+    gs = bin_dir / "gs"
+    gs.write_text(f"#!/bin/sh\necho \"$@\" > {marker}\nexit 0\n")
+    gs.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return marker

@@ -21,17 +21,6 @@ EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
        b"newpath 0 0 moveto 8 0 lineto 8 8 lineto closepath fill\nshowpage\n%%EOF\n")
 
 
-@pytest.fixture
-def fake_gs(tmp_path, monkeypatch):
-    """A `gs` first on PATH that leaves a marker file when anything runs it."""
-    bin_dir, marker = tmp_path / "bin", tmp_path / "gs-was-run"
-    bin_dir.mkdir()
-    gs = bin_dir / "gs"
-    gs.write_text(f"#!/bin/sh\necho \"$@\" > {marker}\nexit 0\n")
-    gs.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return marker
-
 
 def test_the_fake_gs_catches_pillows_own_eps_path(fake_gs, tmp_path):
     """Control: a plain Image.open(...).load() of the EPS does start gs (so the test below can

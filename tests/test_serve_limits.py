@@ -6,7 +6,6 @@ import concurrent.futures as cf
 import http.client
 import io
 import json
-import os
 import socket
 import threading
 import time
@@ -54,17 +53,6 @@ def photo_png(w=640, h=480) -> bytes:
     a = rng.integers(0, 256, (h, w, 4), np.uint8)
     return png(a)
 
-
-@pytest.fixture
-def fake_gs(tmp_path, monkeypatch):
-    """A `gs` first on PATH that only leaves a marker file when it is run."""
-    bindir, marker = tmp_path / "bin", tmp_path / "gs-was-run"
-    bindir.mkdir()
-    gs = bindir / "gs"
-    gs.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
-    gs.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    return marker
 
 
 def test_an_eps_upload_never_starts_ghostscript(scorer, fake_gs):
