@@ -174,6 +174,71 @@ def test_a_batch_of_draws_is_the_draws_one_by_one(transform):
     assert (want[0] == (None, None, None)) == (transform == "")
 
 
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("transform", ["", "mirror: true mean_value: 104.5 scale: 0.25",
+                                       "crop_size: 5 mean_value: 104 mean_value: 117.25 "
+                                       "mean_value: 123 mean_value: 9",
+                                       "crop_size: 5 mirror: true mean_file: MEAN scale: 0.5",
+                                       "crop_size: 5 mean_value: 7 phase: TEST"])
+def test_a_decoded_image_transforms_as_the_same_pixels_in_any_layout(tmp_path, transform,
+                                                                     channels):
+    """OpenCV's H x W x C pixels take a faster path (flip and split into planes) than a raw
+    Datum's C x H x W ones; both give the same float32 values, for every draw."""
+    phase = caffe.TEST if "TEST" in transform else caffe.TRAIN
+    rs = np.random.RandomState(channels)
+    mean = rs.uniform(0, 255, (channels, 7, 9)).astype(np.float32)
+    protoio.write_binary(tmp_path / "mean.binaryproto", protoio.array_to_blobproto(mean[None]))
+    text = transform.replace("phase: TEST", "").replace("MEAN", f'"{tmp_path}/mean.binaryproto"')
+    if channels == 1 and "mean_value: 117.25" in text:
+        text = text.replace("mean_value: 117.25 mean_value: 123 mean_value: 9", "")
+    if channels == 3:
+        text = text.replace(" mean_value: 9", "")
+    param = caffe_pb2.TransformationParameter()
+    text_format.Parse(text, param)
+    t = DataTransformer(param, phase, lambda message, field=None: ValueError(message))
+    hwc = rs.randint(0, 256, (7, 9, channels)).astype(np.uint8)
+    decoded = hwc.transpose(2, 0, 1)                       # the view decode gives
+    raw = np.ascontiguousarray(decoded)                    # a raw Datum's layout
+    shape = t.output_shape(raw.shape)
+    for draws in [(0, 0, 0), (1, 2, 3), (3, 10, 7), (2, 1, 4)]:
+        fast, general = np.full(shape, np.nan, np.float32), np.full(shape, -1, np.float32)
+        t.transform(decoded, draws, fast)
+        t.transform(raw, draws, general)
+        np.testing.assert_array_equal(fast, general)
+    if not transform:
+        np.testing.assert_array_equal(fast, raw.astype(np.float32))
+
+
+def test_a_decoded_shape_from_the_header_is_the_decoded_shape(tmp_path):
+    """The batch's shape can be read off its first image's header (the layer's thread then
+    decodes nothing); where the header cannot be sure, decoded_shape says None."""
+    rgb = np.asarray(skimage_rgb("coffee", (30, 20)))
+    gray = rgb[:, :, 0]
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)])
+    files = {"rgb.jpg": encode(Image.fromarray(rgb), "JPEG"),
+             "gray.jpg": encode(Image.fromarray(gray), "JPEG"),
+             "rgb.png": encode(Image.fromarray(rgb), "PNG"),
+             "gray.png": encode(Image.fromarray(gray), "PNG"),
+             "rgba.png": encode(Image.fromarray(rgba), "PNG"),
+             "cmyk.jpg": encode(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+             "palette.png": encode(Image.fromarray(rgb).convert("P"), "PNG"),
+             "rgb.bmp": encode(Image.fromarray(rgb), "BMP")}
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", exif=exif.tobytes())
+    files["rotated.jpg"] = buf.getvalue()
+    sure = set()
+    for name, data in files.items():
+        for flag in (cvimage.COLOR, cvimage.GRAYSCALE, cvimage.UNCHANGED):
+            got = cvimage.decoded_shape(data, flag)
+            if got is not None:
+                sure.add(name)
+                assert got == cvimage.decode(data, flag).shape, (name, flag)
+    assert sure == {"rgb.jpg", "gray.jpg", "rgb.png", "gray.png", "rgba.png"}
+    assert cvimage.decoded_shape(b"\xff\xd8 not a jpeg") is None
+
+
 def test_decode_workers_do_not_change_the_batches(tmp_path):
     images = [np.asarray(skimage_rgb(n, (40, 36)))[:, :, ::-1].transpose(2, 0, 1).copy()
               for n in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")]
@@ -188,7 +253,7 @@ def test_decode_workers_do_not_change_the_batches(tmp_path):
         net = data_net(tmp_path, path, "crop_size: 30 mirror: true mean_value: 110 scale: 0.5",
                        batch=4)
         runs.append(batches(net, 4))
-        assert len(net.layers[0].decode_pool.worker_pids()) == (workers if workers > 1 else 0)
+        assert len(net.layers[0].decode_pool.worker_pids()) == workers - 1  # + the layer's thread
     for run in runs[1:]:
         for (d1, l1), (d2, l2) in zip(runs[0], run):
             np.testing.assert_array_equal(d1, d2)
@@ -641,7 +706,7 @@ def test_a_decode_worker_that_dies_fails_the_next_batch_with_its_name(tmp_path, 
     an error naming it (and every later one does); closing the net ends the other worker."""
     import os
     import signal
-    prefetch.set_decode_workers(2)
+    prefetch.set_decode_workers(3)
     net = data_net(tmp_path, position_db, "crop_size: 8", batch=3, extra="prefetch: 1")
     net.forward()
     pool = net.layers[0].decode_pool
@@ -656,6 +721,25 @@ def test_a_decode_worker_that_dies_fails_the_next_batch_with_its_name(tmp_path, 
     pool.close()
     assert _wait_for(lambda: not os.path.exists(f"/proc/{other}") or
                      open(f"/proc/{other}/stat").read().split()[2] == "Z")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_data_blob_takes_each_batch_without_a_copy(tmp_path, position_db, workers):
+    """As Caffe's prefetching layers hand their buffer to the top, the blob takes the batch
+    the layer made: no copy per pass. An array of the blob taken earlier keeps the batch it
+    showed while it is held (its memory is not given to a later batch), and the net's later
+    layers see the new batch."""
+    prefetch.set_decode_workers(workers)
+    net = data_net(tmp_path, position_db, batch=2, phase="TEST", extra="prefetch: 1")
+    net.forward()
+    first = net.blobs["data"].data
+    kept = first.copy()
+    for _ in range(5):
+        net.forward()
+        now = net.blobs["data"].data
+        assert not np.shares_memory(now, first)
+        np.testing.assert_array_equal(first, kept)
+    assert now[:, 2, 0, 0].tolist() == [(2 * 5 + j) % 6 for j in range(2)]
 
 
 def test_leveldb_backend_on_an_lmdb_says_so(tmp_path, position_db):

@@ -49,6 +49,20 @@ class DatumRecords:
     def with_payload(record, value):
         return record[0], value
 
+    def shape(self, record):
+        """The C x H x W ``load(record)`` will give, where its Datum's fields or its image's
+        header say it without decoding; None otherwise (and for a malformed record: ``load``
+        says what is wrong)."""
+        try:
+            datum = decode_datum(record[1])
+        except ValueError:
+            return None
+        if not datum.encoded:
+            shape = (datum.channels, datum.height, datum.width)
+            return shape if min(shape) > 0 else None
+        hwc = image.decoded_shape(datum.data, self.transformer.flag)
+        return None if hwc is None else (hwc[2], hwc[0], hwc[1])
+
     def load(self, record):
         """-> (C x H x W image, label)"""
         try:
@@ -79,6 +93,18 @@ class ImageFiles:
     @staticmethod
     def payload(line):
         return None          # a line is small: it goes to a decode worker as it is
+
+    def shape(self, line):
+        """The C x H x W ``load(line)`` will give, from the file's header; None where only
+        decoding can tell (or the file cannot be read: ``load`` says why)."""
+        try:
+            with open(self.root + line[0], "rb") as f:
+                hwc = image.decoded_shape(f.read(1 << 16), self.flag)
+        except OSError:
+            return None
+        if hwc is None:
+            return None
+        return (hwc[2],) + (self.size or hwc[:2])
 
     def load(self, line):
         path = self.root + line[0]          # Caffe joins them as strings

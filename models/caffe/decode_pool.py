@@ -1,12 +1,14 @@
 """The processes a prefetching data layer decodes and transforms its batches on.
 
 With one worker a batch is made inline, in the layer's prefetch thread. With ``n > 1`` the
-pool starts ``n`` worker processes (plain ``python`` subprocesses running ``worker_main``: no
-fork of a process that has threads, and the user's ``__main__`` is never re-run), hands each
+pool starts ``n - 1`` worker processes (plain ``python`` subprocesses running ``worker_main``:
+no fork of a process that has threads, and the user's ``__main__`` is never re-run), hands each
 of them, once, the layer's reader and transformer (``data_items``), and then, per batch, its
-share of the items with their pre-drawn random numbers. The workers parse, decode, crop,
-mirror, subtract and scale with nothing shared but the batch, so the GIL of one process never
-holds up another's work and the work scales with the cores.
+share of the items with their pre-drawn random numbers; the prefetch thread makes a share too
+while they work (a process of its own would leave the layer's core idle). Shares are sized by
+each maker's recent pace, so they finish together. The workers parse, decode, crop, mirror,
+subtract and scale with nothing shared but the batch, so the GIL of one process never holds up
+another's work and the work scales with the cores.
 
 A batch's data is written by the workers straight into a shared memory slot that the layer's
 process maps too, so nothing is copied back. Slots are made once and reused (a new shared page
@@ -50,19 +52,24 @@ _SHM = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
 class DecodePool:
-    def __init__(self, workers: int, reader, transformer, name: str = "decode"):
+    def __init__(self, workers: int, reader, transformer, name: str = "decode",
+                 in_flight: int = 2):
         """``reader`` (``data_items.DatumRecords`` / ``ImageFiles``) loads an item,
         ``transformer`` (``DataTransformer``) transforms it; with workers, both are pickled
-        once to each worker."""
+        once to each worker. ``in_flight``: how many batches may be submitted and not yet
+        collected (the layer keeps that many in the making, so no worker waits for the next
+        one)."""
         self.workers = max(1, int(workers))
+        self.in_flight = max(1, int(in_flight))
         self.reader, self.transformer, self.name = reader, transformer, name
         self._procs: list[_Worker] = []
         self._free: list[_Slot] = []         # slots no batch array holds
-        self._arenas: list = [None, None]    # the payloads of the batches in flight
+        self._arenas: list = [None] * self.in_flight    # the payloads of batches in flight
         self._turn = 0
         self._unreleased: set = set()        # slots whose name or descriptor is still open
         self.rows_made = 0                   # rows the workers have made so far
         self._cpu: dict[int, float] = {}     # worker -> its CPU seconds, as of its last reply
+        self._pace: dict = {}                # worker -> seconds a row takes it (recent mean)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -70,10 +77,11 @@ class DecodePool:
     def submit(self, jobs, shape, first_shape) -> "_Ticket":
         """Start making the batch of ``jobs`` (``(i, item, draws)``; the first may be ``(i,
         item, draws, img, label)``, already loaded): data N x C x H x W float32 of ``shape``,
-        labels float32, rows made by ``data_items.fill_rows``, the jobs dealt round-robin to
-        the workers (a loaded one is made here while they work); ``collect`` it later. With
-        workers, the one before it may still be in the making: a layer keeps one batch in
-        flight while it reads the next one's records, so the workers never wait for it."""
+        labels float32, rows made by ``data_items.fill_rows``, the jobs dealt by pace to this
+        thread and the workers (a loaded one is made here); this thread's share is made before
+        returning, the workers' go on; ``collect`` it later. With workers, the one before it
+        may still be in the making: a layer keeps one batch in flight while it reads the next
+        one's records, so the workers never wait for it."""
         ticket = _Ticket(np.empty(shape[0], dtype=np.float32))
         if self.workers == 1:
             ticket.data = np.empty(shape, dtype=np.float32)
@@ -85,16 +93,24 @@ class DecodePool:
         procs = self._started()
         slot = self._slot(int(np.prod(shape)) * 4, procs, ticket)
         ticket.data = slot.lease(shape, self._give_back)
-        rest, arena = self._packed(rest, procs, ticket)
-        shares = [rest[k::len(procs)] for k in range(len(procs))]
-        ticket.busy = [(p, s) for p, s in zip(procs, shares) if s]
-        for p, share in ticket.busy:
-            p.send(("batch", os.getcwd(), slot.id, arena, shape, first_shape, share))
-        try:
-            fill_rows(self.reader, self.transformer, here, ticket.data, ticket.labels,
+        mine, *shares = self._dealt(rest, [_HERE] + procs)
+        packed, arena = self._packed([j for share in shares for j in share], procs, ticket)
+        ticket.busy = []
+        for p, share in zip(procs, shares):
+            if share:
+                ticket.busy.append((p, packed[:len(share)]))
+                p.send(("batch", os.getcwd(), slot.id, arena, shape, first_shape,
+                        packed[:len(share)]))
+                packed = packed[len(share):]
+        error = _fill(self.reader, self.transformer, here, ticket.data, ticket.labels,
                       first_shape)
-        except Exception as e:
-            ticket.errors.append((here[0][0], e))
+        if error is None and mine:
+            start = time.perf_counter()
+            error = _fill(self.reader, self.transformer, mine, ticket.data, ticket.labels,
+                          first_shape)
+            self._paced(_HERE, (time.perf_counter() - start) / len(mine))
+        if error is not None:
+            ticket.errors.append(error)
         return ticket
 
     def collect(self, ticket: "_Ticket"):
@@ -106,6 +122,7 @@ class DecodePool:
             if reply[0] == "done":
                 ticket.labels[[j[0] for j in share]] = reply[1]
                 self._cpu[p.proc.pid] = reply[2]
+                self._paced(p, reply[3] / len(share))
                 self.rows_made += len(share)
             else:
                 ticket.errors.append((reply[1], _rebuilt(reply, p)))
@@ -114,6 +131,30 @@ class DecodePool:
         if ticket.errors:
             raise min(ticket.errors, key=lambda e: e[0])[1]
         return ticket.data, ticket.labels
+
+    def _dealt(self, jobs, makers):
+        """The jobs in one contiguous share per maker (this thread, then each worker), sized
+        by each one's recent pace (seconds a row took it, wall clock, so one that shares its
+        core with the layer's own threads gets fewer): they finish together, and no worker
+        waits for the next batch while another is still on this one. Each maker gets a row
+        at least while there are enough (so its pace keeps being measured, and a worker
+        that died is noticed)."""
+        speeds = [1.0 / self._pace[m] if self._pace.get(m) else 0.0 for m in makers]
+        if not all(speeds):
+            speeds = [1.0] * len(makers)
+        floor = 1 if len(jobs) >= len(makers) else 0
+        spare = len(jobs) - floor * len(makers)
+        total, shares, start, acc = sum(speeds), [], 0, 0.0
+        for k, speed in enumerate(speeds, 1):
+            acc += speed
+            end = floor * k + round(spare * acc / total)
+            shares.append(jobs[start:end])
+            start = end
+        return shares
+
+    def _paced(self, maker, pace):
+        old = self._pace.get(maker)
+        self._pace[maker] = pace if old is None else 0.7 * old + 0.3 * pace
 
     # ------------------------------------------------------------ shared memory slots
     def _slot(self, nbytes, procs, ticket):
@@ -156,7 +197,7 @@ class DecodePool:
         need = sum(len(p) for p in payloads if p is not None)
         if not need:
             return [job + (None,) for job in jobs], None
-        self._turn ^= 1
+        self._turn = (self._turn + 1) % len(self._arenas)
         arena = self._arenas[self._turn]
         if arena is None or arena.nbytes < need:
             if arena is not None:
@@ -186,7 +227,7 @@ class DecodePool:
             if self._closed:
                 raise RuntimeError(f"{self.name}: the decode pool is closed")
             if not self._procs:
-                procs = [_Worker(f"{self.name}-{k}") for k in range(self.workers)]
+                procs = [_Worker(f"{self.name}-{k}") for k in range(self.workers - 1)]
                 self._procs = procs
                 for p in procs:
                     p.send(("setup", self.reader, self.transformer))
@@ -271,6 +312,19 @@ class _Slot:
         return np.frombuffer(holder, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
 
 
+_HERE = "the layer's thread"     # the maker of the share of a batch made in submit()
+
+
+def _fill(reader, transformer, jobs, data, labels, first_shape):
+    """Make ``jobs`` in row order; None, or (row, error) of the first bad one."""
+    for job in jobs:
+        try:
+            fill_rows(reader, transformer, [job], data, labels, first_shape)
+        except Exception as e:
+            return job[0], e
+    return None
+
+
 def _rebuilt(reply, worker):
     """The exception a worker's error reply stands for."""
     kind = reply[2]
@@ -335,7 +389,7 @@ def worker_main(read_fd: int, write_fd: int) -> None:
     """A worker's loop: ``("setup", reader, transformer)`` once; ``("map", slot id, path)``
     and ``("unmap", slot id)`` as slots come and go; per batch ``("batch", working
     directory, slot id, arena slot id, data shape, first shape, jobs)``, answered
-    ``("done", labels, CPU seconds used so far)`` or ``("error", row, kind, details)``. Ends
+    ``("done", labels, CPU seconds used so far, seconds the share took)`` or ``("error", row, kind, details)``. Ends
     when the pipe closes."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # a Ctrl-C is the layer's process's to handle
@@ -385,12 +439,13 @@ def _fill_share(reader, transformer, jobs, mapping, shape, first_shape):
     """The reply for one share of a batch, its rows written to ``mapping``."""
     data = np.frombuffer(mapping, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
     labels = np.empty(shape[0], dtype=np.float32)
-    row = jobs[0][0]
+    row, start = jobs[0][0], time.perf_counter()
     try:
         for job in jobs:
             row = job[0]
             fill_rows(reader, transformer, [job], data, labels, first_shape)
-        return ("done", labels[[j[0] for j in jobs]], time.process_time())
+        return ("done", labels[[j[0] for j in jobs]], time.process_time(),
+                time.perf_counter() - start)
     except CaffeError as e:
         return ("error", row, "caffe", (e.detail, e.path, e.field))
     except Exception:

@@ -60,6 +60,7 @@ class Layer:
     is_loss = False
     no_backward = False
     is_source = False
+    hands_over_tops = False     # a source whose tops the blobs may keep (no copy each pass)
     label_bottoms: tuple = ()
     inplace_capable = False
     top_reusable = False

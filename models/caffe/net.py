@@ -454,7 +454,8 @@ class Net:
                 blob = self._blobs[tid]
                 if tops is not None:
                     top = tops[j]
-                    if blob.shape == tuple(top.shape) and not blob.tensor.requires_grad:
+                    if blob.shape == tuple(top.shape) and not blob.tensor.requires_grad \
+                            and not layer.hands_over_tops:
                         with torch.no_grad():
                             blob.tensor.copy_(top)
                     else:

@@ -5,8 +5,8 @@ batches waiting (``data_param.prefetch``, 4 by default), so a forward pass only 
 decoding is slower than the net. ``next()`` hands out the batches in order; an error raised while
 making one is raised by the ``next()`` that would have returned it (and by every later one).
 
-How many decode workers each layer makes its batches with (``decode_pool.DecodePool``: worker
-processes, or inline in the prefetch thread with one) is set here.
+How many decode workers each layer makes its batches with (``decode_pool.DecodePool``: the
+prefetch thread and worker processes, or the thread alone with one) is set here.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ _decode_workers: int | None = None
 
 
 def set_decode_workers(n: int | None) -> None:
-    """Worker processes each data layer decodes and transforms with (1: none, the layer's
-    prefetch thread does it; None: automatic, half the cores, at most 8). Takes effect for
+    """Decoders each data layer decodes and transforms with: its prefetch thread and ``n - 1``
+    worker processes (1: the thread alone; None: automatic, half the cores, at most 8). Takes effect for
     layers built afterwards; the batches are the same for any number."""
     global _decode_workers
     if n is not None and int(n) < 1:

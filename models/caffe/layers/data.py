@@ -15,6 +15,7 @@ workers.
 """
 from __future__ import annotations
 
+import collections
 import pathlib
 import weakref
 
@@ -57,16 +58,21 @@ class _BatchMaker:
         self.transformer = transformer
         self.batch_size = batch_size
         self.pool = pool
-        self.pending = None             # the batch in flight: a ticket, or what it raised
+        self.pending = collections.deque()   # batches in flight: tickets, or what they raised
 
     def _submit(self):
         t, reader = self.transformer, self.reader
         items = [next(self.items) for _ in range(self.batch_size)]
         draws = t.draw_many(len(items))
-        first, first_label = reader.load(items[0])
-        jobs = [(0, items[0], draws[0], first, first_label)]
-        jobs += [(i, items[i], draws[i]) for i in range(1, len(items))]
-        return self.pool.submit(jobs, (len(items),) + t.output_shape(first.shape), first.shape)
+        jobs = [(i, items[i], draws[i]) for i in range(len(items))]
+        # the batch takes its first image's shape: with workers, read off its header where
+        # that is sure, so that this thread decodes nothing (workers verify every row)
+        shape = reader.shape(items[0]) if self.pool.workers > 1 else None
+        if shape is None:
+            first, first_label = reader.load(items[0])
+            jobs[0] += (first, first_label)
+            shape = first.shape
+        return self.pool.submit(jobs, (len(items),) + t.output_shape(shape), shape)
 
     def _submit_caught(self):
         try:
@@ -77,11 +83,11 @@ class _BatchMaker:
     def __call__(self):
         if self.pool.workers == 1:
             return self.pool.collect(self._submit())
-        current = self.pending if self.pending is not None else self._submit_caught()
-        self.pending = None
+        while len(self.pending) < self.pool.in_flight:
+            self.pending.append(self._submit_caught())
+        current = self.pending.popleft()
         if isinstance(current, Exception):
             raise current
-        self.pending = self._submit_caught()
         return self.pool.collect(current)
 
 
@@ -89,6 +95,11 @@ class _PrefetchingData(Layer):
     """What Data and ImageData share: a transformer, a batch maker in a prefetch thread."""
     bottoms = (0, 0)
     is_source = True
+    # The blobs take each batch as it is, as Caffe's BasePrefetchingDataLayer::Forward hands its
+    # prefetch buffer to the top (set_cpu_data) instead of copying it: a batch's array is made
+    # for one pass only. An array of ``net.blobs["data"].data`` taken earlier keeps the batch it
+    # showed (its memory is not reused while it lives).
+    hands_over_tops = True
 
     def _start(self, items, reader, first_image, batch_size):
         self.transformer.check(first_image.shape)
