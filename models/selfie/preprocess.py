@@ -157,7 +157,7 @@ class AsTrained:
         out = resize_image(img, h, w, self.resize_mode,
                            noise_rng(self.seed, "score") if pads else None)
         if self.lossy:
-            out = image.decode(image.encode(out, ".jpg", self.jpeg_quality), image.COLOR)
+            out = image.jpeg_round_trip(out, self.jpeg_quality)
         return out.transpose(2, 0, 1)
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
