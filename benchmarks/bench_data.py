@@ -2,9 +2,9 @@
 crop 224, mirror, per-channel mean), with 1 decode worker (the layer's prefetch thread) and 2
 (that thread and a worker process), side by side with a plain PIL decode loop over the same JPEG
 bytes, in one run: img/s, 2 workers / 1, CPU ms per image (the layer's process and its workers)
-and img/s per core (images per CPU second), from which the workers a GPU needs can be read off. Then how long
-the trainer waits per batch when its own step (simulated: the CPU is idle, as while a GPU
-computes) takes longer than decoding. The load average is printed before and after.
+and img/s per core (images per CPU second), from which the workers a GPU needs can be read off.
+Then how long the trainer waits per batch when its own step (simulated: the CPU is idle, as
+while a GPU computes) takes longer than decoding. The load average is printed before and after.
 
     python benchmarks/bench_data.py [--images 256] [--batch 32] [--batches 40] [--rounds 5]
                                     [--torch-threads 1] [--workers 1,2]

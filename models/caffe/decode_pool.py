@@ -389,8 +389,8 @@ def worker_main(read_fd: int, write_fd: int) -> None:
     """A worker's loop: ``("setup", reader, transformer)`` once; ``("map", slot id, path)``
     and ``("unmap", slot id)`` as slots come and go; per batch ``("batch", working
     directory, slot id, arena slot id, data shape, first shape, jobs)``, answered
-    ``("done", labels, CPU seconds used so far, seconds the share took)`` or ``("error", row, kind, details)``. Ends
-    when the pipe closes."""
+    ``("done", labels, CPU seconds used so far, seconds the share took)`` or ``("error", row,
+    kind, details)``. Ends when the pipe closes."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # a Ctrl-C is the layer's process's to handle
     try:

@@ -19,8 +19,8 @@ _decode_workers: int | None = None
 
 def set_decode_workers(n: int | None) -> None:
     """Decoders each data layer decodes and transforms with: its prefetch thread and ``n - 1``
-    worker processes (1: the thread alone; None: automatic, half the cores, at most 8). Takes effect for
-    layers built afterwards; the batches are the same for any number."""
+    worker processes (1: the thread alone; None: automatic, half the cores, at most 8). Takes
+    effect for layers built afterwards; the batches are the same for any number."""
     global _decode_workers
     if n is not None and int(n) < 1:
         raise ValueError("decode workers must be at least 1")

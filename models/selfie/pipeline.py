@@ -19,10 +19,12 @@ as it is, without a copy; after an unreadable one, rows are copied into a batch 
 
 What bounds scoring then is CPU, not waiting: every image costs its decode on top of its
 forward. Measured with benchmarks/bench_score.py on the shared 2-core machine (640x480 JPEGs, as
-trained): the small net's image costs ~1.0-1.5 ms to prepare (nearly all of it libjpeg's
-decode) and ~1.5 ms to forward on one thread, so with both cores free scoring can reach
-2 / (prep + forward) images a second, about 0.6x of its two-thread raw forward; the score runs
-reach that bound. VGG16's ~1.7 ms of preparing is ~1% of its forward: score = raw forward.
+trained): the small net's image costs ~1.0 ms to prepare (0.8 ms of it libjpeg's decode of the
+full image, which the trained pixels need) and 0.8-1.2 ms to forward on one thread (the same
+machine's speed varies that much from run to run), so with both cores busy scoring can reach
+2 / (prep + forward) images a second: 0.48-0.68x of its two-thread raw forward, the faster the
+forward the lower. The score runs reach 0.83-0.98 of that bound (1.85 cores of 2). VGG16's
+~1.5 ms of preparing is ~1% of its forward: score = raw forward.
 """
 from __future__ import annotations
 
