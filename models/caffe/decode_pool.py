@@ -293,16 +293,22 @@ class _Slot:
             if named:                   # the file has a name: the mapping is all it needs
                 os.close(fd)
 
+    _releasing = threading.Lock()
+
     def release(self):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._file is not None:
+        """Close the memfd / unlink the file, once: the layer's thread (collecting a batch)
+        and a pool being closed from another thread may both get here, and a descriptor
+        closed twice could close whatever took its number in between."""
+        with self._releasing:
+            fd, self._fd = self._fd, None
+            name, self._file = self._file, None
+        if fd is not None:
+            os.close(fd)
+        if name is not None:
             try:
-                os.unlink(self._file)
+                os.unlink(name)
             except FileNotFoundError:
                 pass
-            self._file = None
 
     def lease(self, shape, give_back) -> np.ndarray:
         """A float32 array of ``shape`` on this slot; ``give_back(self)`` once it and every
@@ -359,12 +365,18 @@ class _Worker:
             os.close(from_child_w)
         self._out = Connection(to_child_w, readable=False)
         self._in = Connection(from_child_r, writable=False)
+        # sends (the layer's thread) and close (whoever closes the pool) take turns: a write
+        # racing the close could land on a descriptor that took the closed one's number
+        self._sending = threading.Lock()
 
     def send(self, message):
-        try:
-            self._out.send(message)
-        except (BrokenPipeError, OSError):
-            pass        # it ended: receive() says so
+        with self._sending:
+            if self._out.closed:
+                return      # the pool is closing: the batch is not wanted
+            try:
+                self._out.send(message)
+            except OSError:
+                pass        # it ended: receive() says so
 
     def receive(self):
         try:
@@ -375,7 +387,8 @@ class _Worker:
     def close(self):
         """Close its pipe (it exits at the end of the batch it is making), wait for it. The
         pipe from it is left to the garbage collector: the prefetch thread may be reading it."""
-        self._out.close()
+        with self._sending:
+            self._out.close()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
