@@ -742,6 +742,31 @@ def test_the_data_blob_takes_each_batch_without_a_copy(tmp_path, position_db, wo
     assert now[:, 2, 0, 0].tolist() == [(2 * 5 + j) % 6 for j in range(2)]
 
 
+def test_a_database_still_closing_in_another_thread_is_waited_for(position_db):
+    """py-lmdb allows one handle per database per process; a net dropped while its prefetch
+    thread ends may still be closing its handle when the next net opens the database: the
+    reader waits for it (a few seconds at most) instead of failing, and still says so when
+    the handle never goes."""
+    import threading
+
+    import lmdb
+    other = lmdb.open(str(position_db), readonly=True, lock=True)
+    closer = threading.Timer(0.3, other.close)
+    closer.start()
+    reader = db.LMDBReader(position_db)
+    closer.join()
+    assert len(reader) == 6 and reader.first()
+    lmdb_copy = position_db.parent / "copy"
+    lmdb_copy.mkdir()
+    (lmdb_copy / "data.mdb").write_bytes((position_db / "data.mdb").read_bytes())
+    held = lmdb.open(str(lmdb_copy), readonly=True, lock=False)
+    try:
+        with pytest.raises(lmdb.Error, match="already open"):
+            db._open_lmdb_when_closed(lmdb, str(lmdb_copy), wait_s=0.2)
+    finally:
+        held.close()
+
+
 def test_leveldb_backend_on_an_lmdb_says_so(tmp_path, position_db):
     (tmp_path / "n.prototxt").write_text(f"""name: "n"
 layer {{ name: "data" type: "Data" top: "data"

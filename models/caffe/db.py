@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pathlib
 import threading
+import time
 import weakref
 from typing import Iterable, Iterator
 
@@ -118,12 +119,29 @@ def _shared(kind: str, path: pathlib.Path, stamp_file: str, opener):
 def _open_lmdb(path: str, error):
     import lmdb
     try:
-        return lmdb.open(path, readonly=True, lock=True, readahead=False, max_readers=512)
+        return _open_lmdb_when_closed(lmdb, path)
     except lmdb.Error:
         try:   # a read-only copy (no writable lock file): read without locking
             return lmdb.open(path, readonly=True, lock=False, readahead=False)
         except lmdb.Error as e:
             raise error(f"cannot open as LMDB ({e})") from None
+
+
+def _open_lmdb_when_closed(lmdb, path: str, wait_s: float = 5.0):
+    """``lmdb.open`` for reading. py-lmdb allows one handle per database per process, and the
+    last one may still be closing in another thread (a net being dropped while its prefetch
+    thread ends: its handle has left ``_open`` but not yet py-lmdb's own list): then collect
+    what is left of it and wait a little for it, rather than fail."""
+    import gc
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return lmdb.open(path, readonly=True, lock=True, readahead=False, max_readers=512)
+        except lmdb.Error as e:
+            if "already open" not in str(e) or time.monotonic() > deadline:
+                raise
+            gc.collect()
+            time.sleep(0.02)
 
 
 class _LevelDBHandle:
