@@ -70,6 +70,7 @@ class DecodePool:
         self.rows_made = 0                   # rows the workers have made so far
         self._cpu: dict[int, float] = {}     # worker -> its CPU seconds, as of its last reply
         self._pace: dict = {}                # worker -> seconds a row takes it (recent mean)
+        self._busy_since = None              # when this thread last stopped waiting for them
         self._lock = threading.Lock()
         self._closed = False
 
@@ -108,7 +109,11 @@ class DecodePool:
             start = time.perf_counter()
             error = _fill(self.reader, self.transformer, mine, ticket.data, ticket.labels,
                           first_shape)
-            self._paced(_HERE, (time.perf_counter() - start) / len(mine))
+            # this thread's pace counts all it did since it last waited for the workers
+            # (reading the records, dealing, packing): its share shrinks by that much, and
+            # the workers do not wait for it
+            since = self._busy_since if self._busy_since is not None else start
+            self._paced(_HERE, (time.perf_counter() - since) / len(mine))
         if error is not None:
             ticket.errors.append(error)
         return ticket
@@ -117,6 +122,7 @@ class DecodePool:
         """(data, labels) of a submitted batch, once its workers are done; tickets are
         collected in the order they were submitted. Raises the error of the batch's earliest
         bad row."""
+        self._busy_since = None
         for p, share in ticket.busy:
             reply = p.receive()
             if reply[0] == "done":
@@ -126,6 +132,8 @@ class DecodePool:
                 self.rows_made += len(share)
             else:
                 ticket.errors.append((reply[1], _rebuilt(reply, p)))
+        if ticket.busy:
+            self._busy_since = time.perf_counter()
         for slot in ticket.new_slots:       # every worker has mapped them by now
             self._release(slot)
         if ticket.errors:
