@@ -12,14 +12,17 @@ FLOPs: each Convolution and InnerProduct's forward (2 x multiply-adds), plus the
 its weight gradient where its parameters learn, plus again for its input gradient where the
 layers below need one (conv1_1's input needs none). The peak: the datasheet's dense figure for
 known GPUs (fp32 mode runs without TF32, as the runtime keeps Caffe's fp32: the plain fp32
-peak; fast mode the bf16 tensor-core peak), or --peak TFLOPS; elsewhere a large matmul measured
-on the device in the mode's dtype, so that MFU reads "of a measured GEMM".
+peak; fast mode the bf16 tensor-core peak), or --peak TFLOPS; elsewhere the fastest of a few
+4096 x 4096 matrix products measured on the device in the mode's dtype, so that MFU reads "of a
+measured GEMM" (on a CPU oneDNN's convolutions can beat torch's GEMM: over 100% is possible).
 
-Compiled training: the runtime compiles inference nets only (models.caffe.compiled); its
-column reads "n/a" until a compiled training step exists.
+Each mode runs eagerly and compiled (``Solver(..., compile=True)``: models.caffe.compiled_train,
+the forward and backward as torch.compile graphs); the compiled row's first step, which
+compiles, is timed apart ("compile s").
 
     python benchmarks/bench_finetune.py [--device cuda] [--batch 32] [--size 224]
                                         [--iters 20] [--warmup 3] [--modes fp32,fast]
+                                        [--no-compiled] [--json FILE]
     python benchmarks/bench_finetune.py --device cpu --batch 2 --size 64 --iters 2   # a check
 """
 from __future__ import annotations
@@ -89,17 +92,20 @@ def training_flops(net) -> float:
     return total
 
 
-def measured_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+def measured_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 4) -> float:
+    """FLOP/s of the fastest of ``reps`` n x n matrix products (after one to warm up)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.mm(a, b)
     sync()
-    t = time.perf_counter()
+    best = float("inf")
     for _ in range(reps):
+        t = time.perf_counter()
         torch.mm(a, b)
-    sync()
-    return 2.0 * n ** 3 * reps / (time.perf_counter() - t)
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best
 
 
 def peak_for(device: torch.device, fast: bool, given: float | None) -> tuple[float, str]:
@@ -115,17 +121,22 @@ def peak_for(device: torch.device, fast: bool, given: float | None) -> tuple[flo
     return measured_peak(device, dtype), f"a measured {str(dtype).split('.')[-1]} GEMM"
 
 
-def run_mode(args, fast: bool) -> dict:
+def run_mode(args, fast: bool, compiled: bool) -> dict:
     device = torch.device(args.device)
     caffe.set_random_seed(1)
     solver = SGDSolver(solver_for(train_net(args.batch, args.size)), device=device, fast=fast,
-                       source="<bench_finetune>")
+                       source="<bench_finetune>", compile=compiled,
+                       compile_cache=args.cache_dir)
     net = solver.net
     rs = np.random.RandomState(0)
     net.blobs["data"].data[...] = rs.normal(0, 50, net.blobs["data"].shape)
     net.blobs["label"].data[...] = rs.randint(0, 2, net.blobs["label"].shape)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    solver.step(args.warmup)
+    t = time.perf_counter()
+    solver.step(1)                  # the compiled row compiles here
+    sync()
+    first = time.perf_counter() - t
+    solver.step(max(0, args.warmup - 1))
     sync()
     t = time.perf_counter()
     solver.step(args.iters)
@@ -135,8 +146,12 @@ def run_mode(args, fast: bool) -> dict:
     flops = training_flops(net)
     peak, source = peak_for(device, fast, args.peak)
     loss = float(solver.smoothed_loss)
-    return {"mode": "fast (bf16)" if fast else "fp32", "img_s": rate, "step_ms": 1e3 * elapsed /
-            args.iters, "gflop_per_image": flops / 1e9, "tflops": rate * flops / 1e12,
+    ran_compiled = bool(solver._compiled)
+    return {"mode": "fast (bf16)" if fast else "fp32",
+            "run": "compiled" if ran_compiled else ("eager (compile failed)" if compiled
+                                                    else "eager"),
+            "compile_s": max(0.0, first - elapsed / args.iters) if ran_compiled else None,
+            "img_s": rate, "step_ms": 1e3 * elapsed / args.iters, "gflop_per_image": flops / 1e9, "tflops": rate * flops / 1e12,
             "peak_tflops": peak / 1e12, "peak_from": source, "mfu": rate * flops / peak,
             "loss": loss}
 
@@ -150,19 +165,28 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--modes", default="fp32,fast")
     ap.add_argument("--peak", type=float, help="the device's peak in TFLOPS for every mode")
+    ap.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run each mode compiled (default: yes)")
+    ap.add_argument("--cache-dir", help="inductor's cache folder for the compiled runs")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
-    rows = [run_mode(args, mode == "fast") for mode in args.modes.split(",")]
+    rows = [run_mode(args, mode == "fast", compiled) for mode in args.modes.split(",")
+            for compiled in ([False, True] if args.compiled else [False])]
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
     print(f"VGG16 fine-tuning (selfie train net, SGD momentum 0.9), batch {args.batch}, "
           f"{args.size}x{args.size}, {args.iters} steps after {args.warmup}; {where}")
-    print(f"{'mode':12} {'img/s':>8} {'ms/step':>8} {'GFLOP/img':>9} {'TFLOP/s':>8} "
-          f"{'peak':>8} {'MFU':>6}  compiled  peak from")
+    print(f"{'mode':12} {'run':9} {'img/s':>8} {'ms/step':>8} {'GFLOP/img':>9} {'TFLOP/s':>8} "
+          f"{'peak':>8} {'MFU':>6} {'compile s':>9}  peak from")
     for r in rows:
-        print(f"{r['mode']:12} {r['img_s']:8.2f} {r['step_ms']:8.1f} {r['gflop_per_image']:9.1f} "
-              f"{r['tflops']:8.3f} {r['peak_tflops']:8.1f} {100 * r['mfu']:5.1f}%  n/a       "
-              f"{r['peak_from']}")
+        compile_s = f"{r['compile_s']:9.1f}" if r["compile_s"] is not None else f"{'-':>9}"
+        print(f"{r['mode']:12} {r['run']:9} {r['img_s']:8.2f} {r['step_ms']:8.1f} "
+              f"{r['gflop_per_image']:9.1f} {r['tflops']:8.3f} {r['peak_tflops']:8.1f} "
+              f"{100 * r['mfu']:5.1f}% {compile_s}  {r['peak_from']}")
+    eager = {r["mode"]: r for r in rows if r["run"] == "eager"}
+    for r in rows:
+        if r["run"] == "compiled" and r["mode"] in eager:
+            print(f"  {r['mode']}: compiled / eager {r['img_s'] / eager[r['mode']]['img_s']:.2f}x")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -165,8 +165,9 @@ def _param_key(net):
 
 
 @contextlib.contextmanager
-def _inductor_settings(cache_dir):
-    """Frozen parameters, and inductor's on-disk caches under ``cache_dir`` (when given)."""
+def _inductor_settings(cache_dir, freezing=True):
+    """Frozen parameters (``freezing``: for inference), and inductor's on-disk caches under
+    ``cache_dir`` (when given)."""
     import torch._inductor.config as iconf
     old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if cache_dir is not None:
@@ -174,7 +175,7 @@ def _inductor_settings(cache_dir):
         path.mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     try:
-        with iconf.patch(freezing=True, fx_graph_cache=True):
+        with iconf.patch(freezing=freezing, fx_graph_cache=True):
             yield
     finally:
         if cache_dir is not None:

@@ -20,6 +20,7 @@ to a JSON-lines file and a training-curve PNG).
 """
 from __future__ import annotations
 
+import logging
 import pathlib
 import time
 
@@ -27,12 +28,14 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
-from . import glog, lr_policy, parallel, protoio, state
+from . import compiled, glog, lr_policy, parallel, protoio, state
 from .errors import CaffeError
 from .net import TEST, TRAIN, Net
 from .net_param import load_net_param
 from .proto import caffe_pb2
 from .upgrade import upgrade_solver
+
+log = logging.getLogger("models.caffe.solver")
 
 f32 = np.float32
 
@@ -67,11 +70,15 @@ def _num(value) -> float:
 class Solver:
     """The training loop shared by every update rule. Build one of the subclasses in
     sgd_solvers.py (``SGDSolver(path)``, ...) or ``get_solver(path)``; ``device`` and ``fast``
-    default to the global mode (``caffe.set_mode_gpu()``, ``caffe.set_fast()``)."""
+    default to the global mode (``caffe.set_mode_gpu()``, ``caffe.set_fast()``). With
+    ``compile=True`` the train net's forward and backward run as a compiled graph
+    (models.caffe.compiled_train; inductor's caches under ``compile_cache``), eagerly where it
+    cannot compile."""
 
     type = ""
 
-    def __init__(self, solver, *, device=None, fast=None, source=None):
+    def __init__(self, solver, *, device=None, fast=None, source=None, compile=False,
+                 compile_cache=None):
         if isinstance(solver, caffe_pb2.SolverParameter):
             param = caffe_pb2.SolverParameter()
             param.CopyFrom(solver)
@@ -103,6 +110,10 @@ class Solver:
         self._callbacks: list = []
         self._listeners: list = []
         self._params = self.net.learnable_params
+        # compile: the train net's forward and backward as compiled graphs
+        # (models.caffe.compiled_train); None until the first step builds it, False when eager
+        self._compiled = None if compile else False
+        self.compile_cache = compile_cache
         parallel.broadcast_params([p.blob for p in self._params])
         self.pre_solve()
 
@@ -286,9 +297,40 @@ class Solver:
 
     def _forward_backward(self) -> float:
         if any(self.net.layer_need_backward):
+            step = self._compiled_step()
+            if step is not None:
+                try:
+                    return step()
+                except compiled.CompileError as e:
+                    log.warning("compiling the train net %s failed (%s); training eagerly",
+                                self.net.source, str(e).splitlines()[0])
+                    self._compiled = False
+                    return self._eager_on_loaded_batch()
             return self.net.forward_backward()
         with torch.no_grad():          # nothing to learn (every lr_mult 0): Caffe just forwards
             return self.net.forward_range(0, len(self.net.layers) - 1)
+
+    def _eager_on_loaded_batch(self) -> float:
+        """The eager pass on the batch the failed compiled step's source layers already read
+        (a Data layer's records are not skipped)."""
+        net = self.net
+        first = next((i for i, layer in enumerate(net.layers) if not layer.is_source), None)
+        if first is None or any(layer.is_source for layer in net.layers[first:]):
+            return net.forward_backward()
+        loss = net.forward_range(first, len(net.layers) - 1)
+        net.backward_from(net._seeds())
+        return loss
+
+    def _compiled_step(self):
+        if self._compiled is None:
+            from .compiled_train import CompiledTrainStep
+            try:
+                self._compiled = CompiledTrainStep(self.net, self.compile_cache)
+            except compiled.CompileError as e:
+                log.warning("not compiling the train net %s (%s); training eagerly",
+                            self.net.source, e)
+                self._compiled = False
+        return self._compiled or None
 
     def solve(self, resume_file=None):
         """Train to ``max_iter`` (Caffe's Solver::Solve), optionally resuming a .solverstate."""

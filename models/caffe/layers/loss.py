@@ -4,7 +4,9 @@ MultinomialLogisticLoss, HingeLoss, Accuracy.
 Normalization follows Caffe's LossParameter: FULL (all positions), VALID (non-ignored positions),
 BATCH_SIZE (outer count) or NONE, never below 1; ``normalize: false`` is the legacy BATCH_SIZE.
 """
+import contextlib
 import math
+import threading
 
 import torch
 
@@ -15,12 +17,31 @@ LP = caffe_pb2.LossParameter
 FLT_MIN = 1.17549435e-38
 
 
+_tracing = threading.local()
+
+
+@contextlib.contextmanager
+def label_flags():
+    """While a compiled training step's graph is traced (models.caffe.compiled_train): a list
+    that collects, per label check, the tensor "some label is out of range", which the graph
+    returns so that the step can say which layer's labels are bad."""
+    _tracing.flags = []
+    try:
+        yield _tracing.flags
+    finally:
+        _tracing.flags = None
+
+
 def check_labels(layer, labels, valid, classes: int) -> None:
     """A one-line error naming ``layer`` when a label that is not ignored is no class index
-    0..classes-1 (Caffe only DCHECKs this: a release build reads out of bounds). Not checked
-    while a compiled graph is traced (the labels are symbols then; a compiled net runs in TEST
-    phase for inference, where labels are rarely fed)."""
+    0..classes-1 (Caffe only DCHECKs this: a release build reads out of bounds). While a graph
+    is traced the labels are symbols: an inference graph does not check (a compiled net runs
+    in TEST phase, where labels are rarely fed); a training graph returns the check's outcome
+    (``label_flags``)."""
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        flags = getattr(_tracing, "flags", None)
+        if flags is not None:
+            flags.append((valid & ((labels < 0) | (labels >= classes))).any())
         return
     bad = valid & ((labels < 0) | (labels >= classes))
     if bool(bad.any()):
