@@ -151,7 +151,8 @@ def run_mode(args, fast: bool, compiled: bool) -> dict:
             "run": "compiled" if ran_compiled else ("eager (compile failed)" if compiled
                                                     else "eager"),
             "compile_s": max(0.0, first - elapsed / args.iters) if ran_compiled else None,
-            "img_s": rate, "step_ms": 1e3 * elapsed / args.iters, "gflop_per_image": flops / 1e9, "tflops": rate * flops / 1e12,
+            "img_s": rate, "step_ms": 1e3 * elapsed / args.iters,
+            "gflop_per_image": flops / 1e9, "tflops": rate * flops / 1e12,
             "peak_tflops": peak / 1e12, "peak_from": source, "mfu": rate * flops / peak,
             "loss": loss}
 

@@ -55,9 +55,11 @@ NET = """name: "t"
 layer {{ name: "in" type: "Input" top: "data" top: "label"
   input_param {{ shape {{ dim: 4 dim: 3 dim: 8 dim: 8 }} shape {{ dim: 4 }} }} }}
 layer {{ name: "c1" type: "Convolution" bottom: "data" top: "c1"
-  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "gaussian" std: 0.2 }} }} }}
+  convolution_param {{ num_output: 4 kernel_size: 3
+    weight_filler {{ type: "gaussian" std: 0.2 }} }} }}
 layer {{ name: "c2" type: "Convolution" bottom: "c1" top: "c2" {propagate}
-  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "gaussian" std: 0.2 }} }} }}
+  convolution_param {{ num_output: 4 kernel_size: 3
+    weight_filler {{ type: "gaussian" std: 0.2 }} }} }}
 layer {{ name: "r" type: "ReLU" bottom: "c2" top: "c2" relu_param {{ negative_slope: {slope} }} }}
 {extra}
 layer {{ name: "fc" type: "InnerProduct" bottom: "c2" top: "fc"
