@@ -146,7 +146,7 @@ class DataTransformer:
         """``transform`` of a decoded image (uint8 H x W x C, as OpenCV gives it, cropped):
         OpenCV mirrors it and splits it into contiguous channel planes, and each plane is
         converted and has its mean subtracted in one pass into its row of ``out``. The same
-        float32 values as the general path, in about two thirds of its time (which reads
+        float32 values as the general path, in about half its time (which reads
         the interleaved pixels with a stride of C)."""
         import cv2
         mean = None
