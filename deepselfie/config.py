@@ -155,6 +155,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "metrics": _k(bool, True, "write <snapshot_prefix>_metrics.jsonl and _curve.png"),
         "curve_interval_s": _k(float, 10.0, "least seconds between redraws of the curve PNG",
                                rule=at_least(0)),
+        "compile": _k(bool, False, "train with the net's forward and backward compiled "
+                      "(models.caffe.compiled_train; kernels cached under the data dir's "
+                      "cache/inductor); eager where a net cannot compile"),
     },
     "scrape": {
         "source": _k(str, "mastodon", "where posts come from", choices=("mastodon", "folder")),

@@ -334,3 +334,22 @@ def test_time_command_reports_each_layer(case, capsys):
         assert re.search(rf"\] +{layer}\tbackward: [\d.e+-]+ ms\.$", captured.err, re.M), layer
     assert "Average Forward-Backward:" in captured.err and "*** Benchmark ends ***" in captured.err
     assert captured.out.startswith("time: 2 iterations")
+
+
+def test_train_compile_setting_trains_the_compiled_net_to_the_same_weights(case, capsys):
+    """``--set train.compile=true``: the solver's steps run compiled (kernels under the data
+    dir's cache/inductor) and end at the eager run's weights."""
+    import models.caffe as caffe
+    from golden import rel_err
+    assert main(["train", "-solver", "solver.prototxt"]) == 0
+    eager = case / "eager.caffemodel"
+    os.replace(case / "snap/logcase_iter_4.caffemodel", eager)
+    assert main(["train", "-solver", "solver.prototxt", "--data-dir", str(case / "data"),
+                 "--set", "train.compile=true"]) == 0
+    assert "training eagerly" not in capsys.readouterr().err
+    assert any((case / "data" / "cache" / "inductor").rglob("*.py")), "nothing compiled"
+    a = caffe.Net("train_val.prototxt", str(eager), caffe.TEST)
+    b = caffe.Net("train_val.prototxt", str(case / "snap/logcase_iter_4.caffemodel"), caffe.TEST)
+    for name in a.params:
+        for x, y in zip(a.params[name], b.params[name]):
+            assert rel_err(x.data, y.data) <= 1e-5, name

@@ -88,7 +88,8 @@ def run_train(args, cfg):
         sigint_effect=cfg.train.sigint_effect, sighup_effect=cfg.train.sighup_effect,
         level=args.level, stages=_stages(args.stage), default_device=cfg.runtime.device,
         metrics=cfg.train.metrics, curve_interval_s=cfg.train.curve_interval_s,
-        relaunch_argv=_relaunch_argv(args), report=summary)
+        relaunch_argv=_relaunch_argv(args), report=summary, compile=cfg.train.compile,
+        compile_cache=cfg.data_dir / "cache" / "inductor")
     return result if isinstance(result, int) else 0
 
 

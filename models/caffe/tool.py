@@ -85,9 +85,11 @@ def _log_device(device, gpus):
 def train(solver_path, *, weights=None, snapshot=None, gpu=None, backend="torch", fast=False,
           sigint_effect="stop", sighup_effect="snapshot", level=0, stages=(),
           default_device="auto", metrics=True, curve_interval_s=10.0, relaunch_argv=None,
-          report=None):
+          report=None, compile=False, compile_cache=None):
     """Train from a solver prototxt as ``caffe train`` does; returns the solver (or, when it ran
-    one process per GPU, their exit code). ``report(command, text)`` receives the closing line."""
+    one process per GPU, their exit code). ``report(command, text)`` receives the closing line.
+    ``compile``: the train net's forward and backward compiled (models.caffe.compiled_train),
+    inductor's caches under ``compile_cache``."""
     from models.caffe import parallel
     from models.caffe.signals import check_effect
     check_effect(sigint_effect, "--sigint_effect")
@@ -112,12 +114,13 @@ def train(solver_path, *, weights=None, snapshot=None, gpu=None, backend="torch"
     return _train_torch(solver_path, param, weights, snapshot, gpus, fast, sigint_effect,
                         sighup_effect, level, stages, default_device, metrics, curve_interval_s,
                         _reporter(report), explicit_cpu=param.HasField("solver_mode")
-                        and param.solver_mode == 0 and gpu is None)
+                        and param.solver_mode == 0 and gpu is None,
+                        compile=compile, compile_cache=compile_cache)
 
 
 def _train_torch(solver_path, param, weights, snapshot, gpus, fast, sigint_effect,
                  sighup_effect, level, stages, default_device, metrics, curve_interval_s, report,
-                 explicit_cpu):
+                 explicit_cpu, compile=False, compile_cache=None):
     import torch
 
     from models.caffe import glog, parallel
@@ -152,7 +155,9 @@ def _train_torch(solver_path, param, weights, snapshot, gpus, fast, sigint_effec
             del param.weights[:]
             param.weights.append(weights)
         solver = solver_class(param, solver_path)(param, source=str(solver_path),
-                                                  device=device, fast=fast)
+                                                  device=device, fast=fast,
+                                                  compile=compile,
+                                                  compile_cache=compile_cache)
         with SignalHandler(sigint_effect, sighup_effect) as signals:
             solver.set_action_function(signals.requested_action)
             if snapshot:
