@@ -129,7 +129,8 @@ class CompileError(RuntimeError):
 
 
 class _Program(torch.nn.Module):
-    """The net after its source layers, as one function of the source tops."""
+    """The net after its source layers, as one function of the source tops (parameters held
+    as frozen buffers; compiled_train's subclass holds them as live parameters)."""
 
     def __init__(self, net, input_ids, output_ids):
         super().__init__()
@@ -145,18 +146,28 @@ class _Program(torch.nn.Module):
                 name = slots.get(id(blob))
                 if name is None:
                     name = slots[id(blob)] = f"p{len(slots)}"
-                    self.register_buffer(name, blob.tensor.detach(), persistent=False)
+                    self._hold(name, blob)
                 names.append(name)
             self.plan.append((layer, net.bottom_ids[li], net.top_ids[li], names))
 
+    def _hold(self, name, blob):
+        self.register_buffer(name, blob.tensor.detach(), persistent=False)
+
+    def _tracing(self):
+        """A context whose value is a list of extra outputs gathered while tracing."""
+        return contextlib.nullcontext(())
+
+    def _bottoms(self, step, args):
+        return args
+
     def forward(self, *inputs):
         values = dict(zip(self.input_ids, inputs))
-        with state.autocast(self.device, self.fast):    # fast mode: bf16, as the eager net
-            for layer, bottoms, tops, names in self.plan:
-                out = layer.forward([values[b] for b in bottoms],
+        with self._tracing() as extra, state.autocast(self.device, self.fast):
+            for step, (layer, bottoms, tops, names) in enumerate(self.plan):   # fast: bf16
+                out = layer.forward(self._bottoms(step, [values[b] for b in bottoms]),
                                     [getattr(self, n) for n in names])
                 values.update(zip(tops, out))
-        return tuple(values[t] for t in self.output_ids)
+            return tuple(values[t] for t in self.output_ids) + tuple(extra)
 
 
 def _param_key(net):

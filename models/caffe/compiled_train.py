@@ -30,46 +30,34 @@ from __future__ import annotations
 import torch
 
 from . import state
-from .compiled import CompileError, _inductor_settings
+from .compiled import CompileError, _inductor_settings, _Program
 from .errors import CaffeError
 from .layers import loss as loss_layers
 
 RANDOM_LAYERS = ("Dropout",)    # their masks come from Caffe's generator, drawn in Python
 
 
-class _TrainProgram(torch.nn.Module):
-    """The net after its sources: source tops -> (loss tops, outputs, label flags)."""
+class _TrainProgram(_Program):
+    """The net after its sources: source tops -> (loss tops, outputs, label flags), with the
+    parameters live (``owners``: parameter name -> its blob) and bottoms that Caffe does not
+    propagate to detached."""
 
     def __init__(self, net, input_ids, output_ids):
-        super().__init__()
-        self.input_ids, self.output_ids = list(input_ids), list(output_ids)
-        self.device, self.fast = net.device, net.fast
-        self.owners = {}                # parameter name -> its blob
-        names_of = {}                   # id(blob) -> name (a shared blob is one parameter)
-        self.plan = []
-        for li, layer in enumerate(net.layers):
-            if layer.is_source:
-                continue
-            names = []
-            for blob in layer.blobs:
-                name = names_of.get(id(blob))
-                if name is None:
-                    name = names_of[id(blob)] = f"p{len(names_of)}"
-                    t = blob.tensor
-                    self.register_parameter(name, torch.nn.Parameter(
-                        t.detach(), requires_grad=t.requires_grad))
-                    self.owners[name] = blob
-                names.append(name)
-            keep = [bool(need) for need in net.bottom_need_backward[li]]
-            self.plan.append((layer, net.bottom_ids[li], keep, net.top_ids[li], names))
+        super().__init__(net, input_ids, output_ids)
+        self.keep = [[bool(need) for need in net.bottom_need_backward[li]]
+                     for li, layer in enumerate(net.layers) if not layer.is_source]
 
-    def forward(self, *inputs):
-        values = dict(zip(self.input_ids, inputs))
-        with loss_layers.label_flags() as flags, state.autocast(self.device, self.fast):
-            for layer, bottoms, keep, tops, names in self.plan:
-                args = [values[b] if k else values[b].detach() for b, k in zip(bottoms, keep)]
-                values.update(zip(tops, layer.forward(args, [getattr(self, n) for n in names])))
-            return tuple(values[t] for t in self.output_ids) + tuple(flags)
+    def _hold(self, name, blob):
+        t = blob.tensor
+        self.register_parameter(name, torch.nn.Parameter(t.detach(),
+                                                         requires_grad=t.requires_grad))
+        vars(self).setdefault("owners", {})[name] = blob
+
+    def _tracing(self):
+        return loss_layers.label_flags()
+
+    def _bottoms(self, step, args):
+        return [a if k else a.detach() for a, k in zip(args, self.keep[step])]
 
 
 class CompiledTrainStep:
