@@ -29,13 +29,15 @@ def cache(tmp_path):
     return tmp_path / "inductor"
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("name", SOLVER_CASES)
-def test_compiled_steps_follow_caffes_trajectory(golden, name, cache, monkeypatch):
+def test_compiled_steps_follow_caffes_trajectory(golden, name, device, cache, monkeypatch):
     case = golden / "solvers" / name
     monkeypatch.chdir(case)
     meta = json.loads((case / "meta.json").read_text())
     feed, traj = np.load(case / "feed.npz"), np.load(case / "trajectory.npz")
-    solver = caffe.get_solver("solver.prototxt", compile=True, compile_cache=cache)
+    solver = caffe.get_solver("solver.prototxt", compile=True, compile_cache=cache,
+                              device=device)
     solver.net.copy_from("init.caffemodel")
     for k in range(meta["iters"]):
         for name_ in solver.net.inputs:
