@@ -32,3 +32,25 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, cli):
     assert "synthetic" in html and "Held-out accuracy" in html
     assert "<table class='stages'>" in html and "<pre>" not in html
     assert str(report / "index.html") in r.stdout
+
+
+def test_the_demo_server_keeps_its_port_so_runs_repeat_and_moves_when_it_is_taken():
+    """The posts' URIs carry the server's port and the label stage orders records by a hash of
+    the URI: the demo asks for one port each run (so a rerun trains on the same order), and
+    takes a free one when another process holds it."""
+    import socket
+
+    from deepselfie.demo.mastodon import MastodonAPIServer
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = MastodonAPIServer(port=port).start()
+    try:
+        assert first.url == f"http://127.0.0.1:{port}"
+        second = MastodonAPIServer(port=port).start()
+        try:
+            assert second.url.startswith("http://127.0.0.1:") and second.url != first.url
+        finally:
+            second.stop()
+    finally:
+        first.stop()

@@ -36,10 +36,11 @@ class MastodonAPIServer:
 
     handler_class: type = None   # _Handler (set below); the tests' server sends bodies its way
 
-    def __init__(self, *, flavor: str = "mastodon"):
+    def __init__(self, *, flavor: str = "mastodon", port: int = 0):
+        """``port``: the one to listen on when it is free, else (and with 0) a free one."""
         if flavor not in ("mastodon", "pixelfed"):
             raise ValueError("flavor must be mastodon or pixelfed")
-        self.flavor = flavor
+        self.flavor, self.port = flavor, int(port)
         self.statuses: list[dict] = []
         self.files: dict[str, tuple[bytes, str]] = {}
         self.missing_tags: set[str] = set()
@@ -51,7 +52,10 @@ class MastodonAPIServer:
     # ------------------------------------------------------------ setup
     def start(self) -> "MastodonAPIServer":
         handler = type("Handler", (self.handler_class,), {"api": self})
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        try:
+            self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        except OSError:         # taken (another demo running): any free port
+            self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)

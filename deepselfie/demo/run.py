@@ -25,6 +25,7 @@ from . import corpus as corpus_mod
 
 log = get_logger("demo")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEMO_PORT = 47631       # the demo server's port when free (see run())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,9 @@ def run_demo(cfg, *, quick: bool = False, seed: int = 0) -> dict:
     summary("demo", f"made {len(posts)} synthetic #selfie posts by "
                     f"{len({p.author for p in posts})} authors (synthetic engagement)")
 
-    server = MastodonAPIServer(flavor="mastodon").start()
+    # one port run after run: the posts' URIs carry it, and the label stage orders records by
+    # a hash of the URI, so the same port gives the same training order (the same results)
+    server = MastodonAPIServer(flavor="mastodon", port=DEMO_PORT).start()
     try:
         for post in posts:
             server.add_file(f"/media/{post.id}.jpg", post.jpeg)
