@@ -460,15 +460,13 @@ def _fill_share(reader, transformer, jobs, mapping, shape, first_shape):
     """The reply for one share of a batch, its rows written to ``mapping``."""
     data = np.frombuffer(mapping, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
     labels = np.empty(shape[0], dtype=np.float32)
-    row, start = jobs[0][0], time.perf_counter()
-    try:
-        for job in jobs:
-            row = job[0]
-            fill_rows(reader, transformer, [job], data, labels, first_shape)
+    start = time.perf_counter()
+    error = _fill(reader, transformer, jobs, data, labels, first_shape)
+    if error is None:
         return ("done", labels[[j[0] for j in jobs]], time.process_time(),
                 time.perf_counter() - start)
-    except CaffeError as e:
+    row, e = error
+    if isinstance(e, CaffeError):
         return ("error", row, "caffe", (e.detail, e.path, e.field))
-    except Exception:
-        return ("error", row, "bug", traceback.format_exc())
+    return ("error", row, "bug", "".join(traceback.format_exception(e)))
 
