@@ -99,6 +99,7 @@ def test_nets_of_one_shape_with_other_settings_each_train_as_eager(cache):
     for slope in (0.0, 0.3):
         compiled = trained(True, cache, slope=slope)
         assert isinstance(compiled[0]._compiled, CompiledTrainStep)
+        assert compiled[0]._compiled.builds == 1        # one graph for all three steps
         assert_same(compiled, trained(False, slope=slope))
 
 

@@ -101,9 +101,10 @@ class CompiledTrainStep:
             for li in self.sources:     # Input keeps what was set; Data reads its records
                 net._forward_layer(li, False)
         args = [net._blobs[t].tensor.detach() for t in self.input_ids]
-        if self._storage() != self.storage:     # parameters replaced: new graphs
+        storage = self._storage()
+        if storage != self.storage:     # parameters replaced: new graphs
             self.functions.clear()
-            self.storage = self._storage()
+            self.storage = storage
         key = tuple(tuple(a.shape) for a in args)
         if key not in self.functions:
             self.functions[key] = self._build(args)

@@ -626,9 +626,11 @@ class Net:
                 out.append(LearnableParam(blob, lr, decay, self._layer_names[li], pi))
         return out
 
-    def forward_backward(self) -> float:
-        """One forward and backward pass (parameter diffs accumulate); returns the loss."""
-        loss = self.forward_range(0, len(self.layers) - 1)
+    def forward_backward(self, start: int = 0) -> float:
+        """One forward and backward pass (parameter diffs accumulate); returns the loss.
+        ``start``: the first layer to run (a later one when the source layers before it have
+        already read this pass's batch)."""
+        loss = self.forward_range(start, len(self.layers) - 1)
         if any(self.layer_need_backward):
             self.backward_from(self._seeds())
         return loss

@@ -317,9 +317,7 @@ class Solver:
         first = next((i for i, layer in enumerate(net.layers) if not layer.is_source), None)
         if first is None or any(layer.is_source for layer in net.layers[first:]):
             return net.forward_backward()
-        loss = net.forward_range(first, len(net.layers) - 1)
-        net.backward_from(net._seeds())
-        return loss
+        return net.forward_backward(start=first)
 
     def _compiled_step(self):
         if self._compiled is None:
