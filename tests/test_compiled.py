@@ -255,7 +255,8 @@ CHILD = textwrap.dedent("""
 @pytest.mark.slow
 def test_second_process_builds_from_the_cache(golden, tmp_path):
     """Two fresh processes compile the same net into one cache folder: the second compiles no
-    kernel (no new C++ source or shared object) and gives the same outputs."""
+    kernel (no new C++ source or shared object) and gives the same outputs; a third, after
+    every file in the cache was overwritten with garbage, still gives them."""
     case = NETS / "conv_basic"
     cache = tmp_path / "cache" / "inductor"
     x = tmp_path / "x.npy"
@@ -283,6 +284,13 @@ def test_second_process_builds_from_the_cache(golden, tmp_path):
     np.testing.assert_array_equal(out1, out2)
     expected = np.load(case / "blobs.npz")["conv"]
     assert rel_err(out2, expected) <= 1e-5
+    # a cache left corrupt (a full disk, a killed process): every file in it garbage; the
+    # third build does not crash on it and gives the same outputs
+    for p in cache.rglob("*"):
+        if p.is_file():
+            p.write_bytes(b"\x00garbage" * 3)
+    run(3)
+    np.testing.assert_array_equal(np.load(tmp_path / "out3.npy"), out1)
 
 
 @pytest.mark.slow
