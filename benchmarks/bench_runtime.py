@@ -325,6 +325,17 @@ def deploy_prototxt(path, batch, size, force_backward):
     return str(path)
 
 
+def forward_backward(net, x, top):
+    """One forward and backward of a force_backward net (this runtime's or real pycaffe's: the
+    same calls), ``top`` as the gradient of "prob" -> the gradient of "data"."""
+    net.clear_param_diffs()
+    net.blobs["data"].data[...] = x
+    net.forward()
+    net.blobs["prob"].diff[...] = top
+    net.backward()
+    return net.blobs["data"].diff
+
+
 class RuntimeSide:
     """This runtime's nets in the server process: an fp32 TEST net (eager, and compiled with
     models.caffe.compiled), the same with force_backward, and a fast (bf16) TEST net."""
@@ -370,13 +381,7 @@ class RuntimeSide:
         if task in self.compiled:
             out = self.compiled[task](data=self.x)["prob"]
         elif task == "fwd_bwd":
-            net = self.nets["fwd_bwd"]
-            net.clear_param_diffs()
-            net.blobs["data"].data[...] = self.x
-            net.forward()
-            net.blobs["prob"].diff[...] = self.top
-            net.backward()
-            out = net.blobs["data"].diff
+            out = forward_backward(self.nets["fwd_bwd"], self.x, self.top)
         else:
             out = self.nets[task].forward(data=self.x)["prob"]
         return time.perf_counter() - t0, out
@@ -406,12 +411,7 @@ class CaffeSide:
         t0 = time.perf_counter()
         net = self.nets[task]
         if task == "fwd_bwd":
-            net.clear_param_diffs()
-            net.blobs["data"].data[...] = self.x
-            net.forward()
-            net.blobs["prob"].diff[...] = self.top
-            net.backward()
-            out = net.blobs["data"].diff
+            out = forward_backward(net, self.x, self.top)
         else:
             net.blobs["data"].data[...] = self.x
             out = net.forward()["prob"]
