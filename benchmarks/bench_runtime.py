@@ -376,6 +376,21 @@ class RuntimeSide:
                                             for k, v in counters["inductor"].items()}}
         return reply
 
+    def float64(self, path):
+        """The probabilities and input gradient in float64 (VGG16 in torch.nn with the same
+        weights and inputs), saved to ``path``: what both sides' fp32 is measured against."""
+        import numpy as np
+        import torch
+
+        model = torch_vgg16(self.x.shape[-1])
+        copy_weights(self.nets["fwd_bwd"], model)
+        model = model.double()
+        x = torch.from_numpy(self.x.astype(np.float64)).requires_grad_(True)
+        prob = model(x)
+        prob.backward(torch.from_numpy(self.top.astype(np.float64)))
+        np.savez(path, fwd=prob.detach().numpy(), fwd_bwd=x.grad.numpy())
+        return {}
+
     def run(self, task):
         t0 = time.perf_counter()
         if task in self.compiled:
@@ -550,6 +565,7 @@ def versus_real_caffe(args):
             srv.ask("outputs", path=str(tmp / f"{side}.npz"), tasks=tasks)
             with np.load(tmp / f"{side}.npz") as z:
                 outs.update({(side, t): z[t] for t in tasks})
+        rt.ask("float64", path=str(tmp / "float64.npz"))
         times = {c: [] for c in contenders}
         for r in range(args.warmup + args.rounds):
             # alternate who goes first; interleave the sides so neither runs twice in a row
@@ -612,6 +628,11 @@ def versus_real_caffe(args):
                      f"(prob), input gradient vs real Caffe "
                      f"{relative_diff(outs[('runtime', 'fwd_bwd')], outs[('caffe', 'fwd_bwd')]):.1e}")
     print("outputs, max relative difference: " + "; ".join(notes))
+    with np.load(tmp / "float64.npz") as z:     # who of the two is off, where they differ
+        print("against float64 (torch.nn VGG16, same weights and inputs): " + "; ".join(
+            f"{side} {'prob' if task == 'fwd' else 'input gradient'} "
+            f"{relative_diff(outs[(side, task)], z[task]):.1e}"
+            for side in servers for task in ("fwd", "fwd_bwd")))
     def fx(build):     # (graphs holding prepacked oneDNN weights bypass it: kernels are reused)
         return {k: v for k, v in build["inductor"].items() if k.startswith("fxgraph")}
 
