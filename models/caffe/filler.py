@@ -68,6 +68,15 @@ def fill(shape, param: caffe_pb2.FillerParameter | None, device="cpu",
     kind = p.type
     if kind == "gaussian" and p.sparse >= 0 and (len(shape) < 1 or shape[0] == 0):
         raise CaffeError("sparse gaussian needs a blob with a first axis", path=where)
+    # Caffe's CHECKs in caffe_rng_uniform / caffe_rng_gaussian (written so NaN fails too)
+    if kind == "uniform" and not (math.isfinite(p.min) and math.isfinite(p.max)
+                                  and p.min <= p.max):
+        raise CaffeError(f"uniform filler needs finite min <= max, got min {p.min} max {p.max}",
+                         path=where)
+    if kind == "gaussian" and not (math.isfinite(p.mean) and math.isfinite(p.std)
+                                   and p.std >= 0):
+        raise CaffeError(f"gaussian filler needs a finite mean and std >= 0, got mean {p.mean} "
+                         f"std {p.std}", path=where)
     if rng.seeded() and kind in ("uniform", "gaussian", "positive_unitball", "xavier", "msra"):
         values = _caffe_draws(kind, shape, p, math.prod(shape))
         return torch.from_numpy(values.reshape(shape)).to(device)

@@ -27,6 +27,7 @@ from . import layers as _layers  # noqa: F401  (registers every layer type)
 from .blob import Blob
 from .errors import CaffeError
 from .layer import Layer, create_layer
+from .limits import shape_text
 from .net_param import filter_net, insert_splits, load_net_param
 from .proto import caffe_pb2
 from .pycaffe_args import net_arguments
@@ -187,6 +188,9 @@ class Net:
         shapes = self._top_shapes(layer, bottoms)
         for tid, shape in zip(t_ids, shapes):     # refused before anything is allocated
             layer.check_shape(shape, f"top {self._blob_names[tid]!r}")
+            if 0 in tuple(shape)[1:]:   # (Caffe would CHECK-fail in a later layer, or not run)
+                raise layer.error(f"top {self._blob_names[tid]!r} would be "
+                                  f"{shape_text(shape)}: only its first (batch) axis may be 0")
         for j, (tid, shape) in enumerate(zip(t_ids, shapes)):
             blob = self._blobs[tid]
             if layer.is_source:
@@ -239,9 +243,14 @@ class Net:
                 tops = layer.forward([torch.empty(b.shape, device="meta") for b in bottoms],
                                      [torch.empty(p.shape, device="meta") for p in params])
         except (NotImplementedError, RuntimeError):
-            with torch.no_grad():   # an op without a meta kernel: run it on zeros instead
-                tops = layer.forward([torch.zeros(b.shape) for b in bottoms],
-                                     [p.detach().cpu() for p in params])
+            try:    # an op without a meta kernel: run it on zeros instead
+                with torch.no_grad():
+                    tops = layer.forward([torch.zeros(b.shape) for b in bottoms],
+                                         [p.detach().cpu() for p in params])
+            except RuntimeError as e:   # torch refuses these shapes: say so in one line
+                shapes = ", ".join("x".join(map(str, b.shape)) for b in bottoms)
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise layer.error(f"cannot run on bottoms of shape {shapes}: {reason}") from None
         return [tuple(t.shape) for t in tops]
 
     def _share_param(self, layer, pi, spec, owner):

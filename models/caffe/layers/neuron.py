@@ -90,15 +90,28 @@ class Power(Neuron):
         return [torch.pow(x, p.power)]
 
 
+def _check_base(layer, base):
+    """Caffe's ExpLayer / LogLayer check: base -1 (e) or a positive number."""
+    if not (base == -1 or base > 0):
+        raise layer.error(f"base must be positive or -1 (e), got {base}", "base")
+
+
 @register
 class Exp(Neuron):
     type = "Exp"
+
+    def setup(self, bottoms):
+        _check_base(self, self.param.exp_param.base)
 
     def forward(self, bottoms, params):
         p = self.param.exp_param
         log_base = 1.0 if p.base == -1 else math.log(p.base)
         inner = log_base * p.scale
-        outer = 1.0 if p.shift == 0 else (math.exp(p.shift) if p.base == -1 else p.base ** p.shift)
+        try:
+            outer = 1.0 if p.shift == 0 else (math.exp(p.shift) if p.base == -1
+                                              else p.base ** p.shift)
+        except OverflowError:   # Caffe's float pow gives inf, and so do the outputs
+            outer = math.inf
         y = torch.exp(bottoms[0] * inner)
         return [y * outer if outer != 1 else y]
 
@@ -106,6 +119,9 @@ class Exp(Neuron):
 @register
 class Log(Neuron):
     type = "Log"
+
+    def setup(self, bottoms):
+        _check_base(self, self.param.log_param.base)
 
     def forward(self, bottoms, params):
         p = self.param.log_param
@@ -140,6 +156,11 @@ class Dropout(Neuron):
     TEST: pass through. Ratio 0 is off. After ``caffe.set_random_seed`` the mask is Caffe's own
     (its global generator, drawn at forward); fast mode and unseeded runs use torch's."""
     type = "Dropout"
+
+    def setup(self, bottoms):
+        ratio = self.param.dropout_param.dropout_ratio
+        if not 0 <= ratio <= 1:     # Caffe: caffe_rng_bernoulli CHECKs 0 <= 1 - ratio <= 1
+            raise self.error(f"must be between 0 and 1, got {ratio}", "dropout_ratio")
 
     def forward(self, bottoms, params):
         (x,) = bottoms

@@ -42,7 +42,10 @@ class _ConvBase(Layer):
         spatial = tuple(self._out_size(*a) for a in zip(shape[2:], self.kernel, self.stride,
                                                        self.pad, self.dilation))
         if min(spatial, default=1) <= 0:
-            return None
+            raise self.error(f"a bottom of shape {'x'.join(map(str, shape))} gives an output "
+                             f"of {'x'.join(map(str, spatial))} pixels (kernel {self.kernel}, "
+                             f"stride {self.stride}, pad {self.pad}, dilation "
+                             f"{self.dilation}): it must have at least one")
         return [(shape[0], self.param.convolution_param.num_output) + spatial]
 
     def _geometry(self, x):
@@ -66,6 +69,8 @@ class _ConvBase(Layer):
         if any(s <= 0 for s in self.stride):
             raise self.error("stride must be positive", "stride")
         self.group = p.group
+        if self.group <= 0:
+            raise self.error("group must be positive", "group")
         self.channels = x.shape[1]
         if p.num_output == 0:
             raise self.error("num_output must be positive", "num_output")
@@ -162,6 +167,8 @@ class Pooling(Layer):
         self.stride = (p.stride_h, p.stride_w) if has_hw else (p.stride, p.stride)
         if self.global_pool and (any(self.pad) or self.stride != (1, 1)):
             raise self.error("global_pooling needs pad 0 and stride 1")
+        if min(self.stride) <= 0:
+            raise self.error("stride must be positive", "stride")
         if not self.global_pool and any(pd >= k for pd, k in zip(self.pad, self.kernel)):
             raise self.error("pad must be smaller than the kernel", "pad")
         self.ceil = p.round_mode == PP.CEIL
@@ -171,7 +178,11 @@ class Pooling(Layer):
         shape = tuple(bottom_shapes[0])
         if len(shape) != 4:
             return None
-        _, out = self._geometry(shape[2:])
+        kernel, out = self._geometry(shape[2:])
+        if min(out) <= 0:
+            raise self.error(f"a bottom of shape {'x'.join(map(str, shape))} gives an output "
+                             f"of {'x'.join(map(str, out))} (kernel {kernel}, stride "
+                             f"{self.stride}, pad {self.pad}): it must have at least one")
         return [shape[:2] + out] * len(self.param.top)
 
     def _geometry(self, hw):
@@ -271,6 +282,8 @@ class LRN(Layer):
 
     def forward(self, bottoms, params):
         (x,) = bottoms
+        if x.numel() == 0:          # an empty blob (an axis of 0): nothing to normalize
+            return [x * 1.0]
         p = self.param.lrn_param
         n = p.local_size
         if p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS:
