@@ -15,6 +15,7 @@ from __future__ import annotations
 from . import image
 from .datum import decode_datum
 from .errors import CaffeError
+from .prefetch import check_cancelled
 from .proto import caffe_pb2
 
 
@@ -131,6 +132,7 @@ def fill_rows(reader, transformer, jobs, data, labels, first_shape) -> None:
     ``labels[i]``."""
     shape = data.shape[1:]
     for i, item, draws, *loaded in jobs:
+        check_cancelled()          # a closed layer / an exiting process: stop between rows
         img, label = loaded if loaded else reader.load(item)
         if transformer.output_shape(img.shape) != shape:
             raise reader.error(

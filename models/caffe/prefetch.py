@@ -7,6 +7,9 @@ making one is raised by the ``next()`` that would have returned it (and by every
 
 How many decode workers each layer makes its batches with (``decode_pool.DecodePool``: the
 prefetch thread and worker processes, or the thread alone with one) is set here.
+
+A prefetcher's thread stops at the next row once it is closed or the process exits
+(``cancelled``); at exit its thread is joined first (``background``).
 """
 from __future__ import annotations
 
@@ -14,7 +17,29 @@ import os
 import queue
 import threading
 
+from . import background
+
 _decode_workers: int | None = None
+_here = threading.local()          # .stop: the stop event of this thread's prefetcher
+
+
+class Cancelled(BaseException):
+    """Raised in a prefetch thread, between two rows, once its prefetcher was closed or the
+    process is exiting: the batch is not wanted. (A BaseException, so that the per-row error
+    handling, which catches Exception, lets it through.)"""
+
+
+def cancelled() -> bool:
+    """Whether the batch this thread is making is no longer wanted (False outside prefetch
+    threads, e.g. in a decode worker process: its parent's exit closes its pipe)."""
+    stop = getattr(_here, "stop", None)
+    return background.exiting() or (stop is not None and stop.is_set())
+
+
+def check_cancelled() -> None:
+    """Raise Cancelled where ``cancelled()``: called once per row by the batch makers."""
+    if cancelled():
+        raise Cancelled()
 
 
 def set_decode_workers(n: int | None) -> None:
@@ -45,12 +70,21 @@ class Prefetcher:
         self._stop = threading.Event()
         self._failed: _Failure | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        background.watch(self)
         self._thread.start()
 
     def _run(self):
-        while not self._stop.is_set():
+        _here.stop = self._stop
+        while not self._stop.is_set() and not background.exiting():
             try:
                 item = self._make()
+            except Cancelled:       # a next() after close says so instead of waiting
+                try:
+                    self._ready.put_nowait(_Failure(RuntimeError(
+                        f"{self._thread.name}: the data layer was closed")))
+                except queue.Full:
+                    pass
+                return
             except BaseException as e:    # handed to the consumer, which raises it
                 item = _Failure(e)
             self._ready.put(item)
@@ -67,10 +101,14 @@ class Prefetcher:
         return item
 
     def close(self):
-        """Stop making batches (the thread ends after the one it is making)."""
+        """Stop making batches (the thread ends at the next row of the batch it is making)."""
         self._stop.set()
         try:
             while True:
                 self._ready.get_nowait()
         except queue.Empty:
             pass
+
+    def _stop_for_exit(self):
+        self.close()
+        return [self._thread]

@@ -34,11 +34,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from models.caffe import background
+
 
 class _State:
     """What the workers and the caller share, under one condition variable."""
 
     def __init__(self, n: int, batch_size: int, buffers: int):
+        self.threads: list[threading.Thread] = []
         self.cond = threading.Condition()
         self.next_index = 0            # the next path a worker takes
         self.released = 0              # chunks the caller is done with
@@ -49,6 +52,13 @@ class _State:
         self.stop = False
         self.cpu_seconds = 0.0         # thread CPU time spent in prepare, all images so far
         self.prepared = 0
+
+    def _stop_for_exit(self):
+        """At exit (models.caffe.background): the workers stop before their next image."""
+        with self.cond:
+            self.stop = True
+            self.cond.notify_all()
+        return self.threads
 
 
 def _work(state: _State, paths, prepare, buffers, batch_size):
@@ -122,6 +132,8 @@ class PreparedBatches:
         threads = [threading.Thread(target=_work, name=f"prepare-{k}", daemon=True,
                                     args=(state, paths, self.prepare, buffers, batch_size))
                    for k in range(min(self.workers, n))]
+        state.threads = threads
+        background.watch(state)     # a run left unfinished at exit: stopped and joined first
         for t in threads:
             t.start()
         carry = None            # a batch assembled by copying, after an unreadable file
