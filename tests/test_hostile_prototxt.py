@@ -205,3 +205,48 @@ def test_mutated_golden_nets_build_run_or_say_why(tmp_path, seed):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+SOLVER_TOKENS = ['lr_policy: "poly"', 'lr_policy: "sigmoid"', 'power: -1', 'gamma: 0', 'gamma: nan',
+                 'stepsize: 0', 'stepvalue: 0', 'iter_size: 0', 'max_iter: -1', 'max_iter: 0',
+                 'clip_gradients: -1', 'momentum: 2', 'momentum2: 7', 'base_lr: inf',
+                 'type: "Nope"', 'solver_mode: GPU', 'test_iter: 5', 'test_interval: 0',
+                 'average_loss: 0', 'regularization_type: "L3"', 'delta: 0', 'rms_decay: 2',
+                 'net: "solver.prototxt"', 'test_net: "net.prototxt"', 'weight_decay: -1',
+                 'test_iter: 1 test_interval: 1', 'snapshot_format: HDF5', 'display: 1']
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("seed", range(2))
+def test_mutated_golden_solvers_step_or_say_why(tmp_path, monkeypatch, seed):
+    """150 mutations of the golden solver prototxts each: building the solver and two steps
+    end in a one-line CaffeError or in steps (NaN weights are Caffe's arithmetic too)."""
+    import shutil
+    cases = []
+    for case in sorted((GOLDEN / "solvers").iterdir()):
+        shutil.copy(case / "net.prototxt", tmp_path / f"{case.name}.prototxt")
+        cases.append((case, (case / "solver.prototxt").read_text().replace(
+            '"net.prototxt"', f'"{case.name}.prototxt"')))
+    monkeypatch.chdir(tmp_path)
+    rng = random.Random(seed)
+    saved = TOKENS[:]
+    TOKENS.extend(SOLVER_TOKENS)
+    try:
+        for _ in range(150):
+            case, text = rng.choice(cases)
+            text = mutate(text, rng)
+            (tmp_path / "solver.prototxt").write_text(text)
+            try:
+                solver = caffe.get_solver("solver.prototxt")
+                for k in range(2):
+                    for name in solver.net.inputs:
+                        blob = solver.net.blobs[name]
+                        blob.data[...] = np.random.RandomState(k).rand(*blob.shape)
+                    solver.step(1)
+            except CaffeError as e:
+                assert "\n" not in str(e), str(e)
+            except Exception as e:
+                raise AssertionError(f"{type(e).__name__} on a mutant of {case.name}:\n"
+                                     f"{text}") from e
+    finally:
+        TOKENS[:] = saved

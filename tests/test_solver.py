@@ -219,6 +219,20 @@ def _run(solver, start, stop):
         solver.step(1)
 
 
+@pytest.mark.parametrize("betas", ["momentum: 0.9 momentum2: 55149", "momentum: 1 momentum2: 0.999",
+                                   "momentum: 0.9 momentum2: 1e30"])
+def test_adam_with_betas_out_of_range_computes_as_caffe_does(in_dir, betas):
+    """Caffe takes any momentum / momentum2 and computes its bias correction
+    sqrt(1 - b2^t) / (1 - b1^t) in C: NaN or inf, never an exception (a solver prototxt from
+    anywhere must not crash the trainer with Python's math errors)."""
+    path = _write_solver(in_dir, f'type: "Adam" base_lr: 0.01 lr_policy: "fixed" {betas} '
+                                 'max_iter: 3\n')
+    solver = caffe.get_solver(str(path))
+    _run(solver, 0, 3)
+    assert solver.iter == 3
+    assert not np.isfinite(solver.net.params["fc"][0].data).all()
+
+
 @pytest.mark.parametrize("rule", [
     'type: "Nesterov" base_lr: 0.05 momentum: 0.9 lr_policy: "multistep" gamma: 0.5 '
     'stepvalue: 4 stepvalue: 13 weight_decay: 0.001',

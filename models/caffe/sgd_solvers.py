@@ -221,7 +221,9 @@ class AdamSolver(SGDSolver):
         diff = self._params[i].blob.diff_tensor
         m, v = self.history[i], self.history[n + i]
         t = self.iter + 1
-        correction = f32(math.sqrt(1.0 - math.pow(beta2, t)) / (1.0 - math.pow(beta1, t)))
+        with np.errstate(all="ignore"):     # C's arithmetic: NaN or inf, never an exception
+            b1, b2 = np.float64(beta1), np.float64(beta2)   # (momentum2 > 1, momentum 1, ...)
+            correction = f32(np.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t))
         m.mul_(float(beta1)).add_(diff, alpha=float(f32(1) - beta1))
         v.mul_(float(beta2)).add_(diff * diff, alpha=float(f32(1) - beta2))
         update = torch.sqrt(v).add_(float(f32(self.param.delta)))
