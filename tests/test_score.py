@@ -132,3 +132,32 @@ def test_preprocess_is_bgr_mean_subtracted_chw():
     np.testing.assert_allclose(x[0, :, 0, 0], [-10, -20, 170])
     x = Preprocess(8, 8, np.zeros(3, np.float32), "oversample", base=12)(bgr)
     assert x.shape == (10, 3, 8, 8)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("path,score\n" + "a" * 300_000 + ",0.5\n", "near line 2: not a CSV deepselfie can read "
+                                                "(field larger than field limit"),
+    ("path,score\na\x00b.jpg,0.5\n", "line 2: path 'a\\x00b.jpg' is empty or holds a NUL byte"),
+    ("path,score\n,0.5\n", "line 2: path '' is empty"),
+    ("path,score\na.jpg,nan\n", "line 2: score 'nan' is not a finite number"),
+    ("path,score\na.jpg,-inf\n", "line 2: score '-inf' is not a finite number"),
+    ("path,score\na.jpg," + "9" * 100 + "x\n", "line 2: score '" + "9" * 39 + "... is not a number"),
+])
+def test_hostile_scores_csv_is_one_line_naming_file_and_line(tmp_path, text, problem):
+    """A scores.csv from anywhere (t-SNE's --scores, serve's reference): one UserError line."""
+    from deepselfie.errors import UserError
+    from models.selfie.score import read_scores
+    path = tmp_path / "scores.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as e:
+        read_scores(path)
+    assert str(e.value).startswith(f"{path}: {problem}")
+    assert "\n" not in str(e.value)
+
+
+def test_scores_csv_with_a_byte_order_mark_reads(tmp_path):
+    """A spreadsheet's UTF-8 export starts with a BOM: the header still reads as path,score."""
+    from models.selfie.score import read_scores
+    path = tmp_path / "scores.csv"
+    path.write_text("\ufeffpath,score,rank\nb.jpg,0.25,2\na.jpg,0.75,1\n", encoding="utf-8")
+    assert [(p.name, s) for p, s in read_scores(path)] == [("b.jpg", 0.25), ("a.jpg", 0.75)]

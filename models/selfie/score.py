@@ -14,6 +14,7 @@ oversample. Worker threads decode and preprocess ahead of the net into prealloca
 """
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import threading
@@ -288,8 +289,8 @@ def read_scores(csv_path) -> list[tuple[pathlib.Path, float]]:
     are taken from the current folder, or else from the CSV's folder."""
     import csv
     csv_path = pathlib.Path(csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
+    try:            # (utf-8-sig: a spreadsheet's export starts with a byte order mark)
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"path", "score"} <= set(reader.fieldnames):
                 raise UserError("expected a CSV with columns path,score (from deepselfie score)",
@@ -299,8 +300,14 @@ def read_scores(csv_path) -> list[tuple[pathlib.Path, float]]:
                 try:
                     score = float(row["score"])
                 except (TypeError, ValueError):
-                    raise UserError(f"score {row['score']!r} is not a number", path=csv_path,
-                                    field=f"line {i}") from None
+                    raise UserError(f"score {_shown(row['score'])} is not a number",
+                                    path=csv_path, field=f"line {i}") from None
+                if not math.isfinite(score):
+                    raise UserError(f"score {row['score']!r} is not a finite number",
+                                    path=csv_path, field=f"line {i}")
+                if not row["path"] or "\0" in row["path"]:
+                    raise UserError(f"path {_shown(row['path'])} is empty or holds a NUL byte",
+                                    path=csv_path, field=f"line {i}")
                 p = pathlib.Path(row["path"])
                 if not p.is_absolute() and not p.exists() and (csv_path.parent / p).exists():
                     p = csv_path.parent / p
@@ -309,7 +316,16 @@ def read_scores(csv_path) -> list[tuple[pathlib.Path, float]]:
         raise UserError("file not found", path=csv_path) from None
     except UnicodeDecodeError:
         raise UserError("not a text CSV", path=csv_path) from None
+    except csv.Error as e:          # a field over the csv module's limit, a stray NUL ...
+        raise UserError(f"not a CSV deepselfie can read ({e})", path=csv_path,
+                        field=f"near line {reader.line_num + 1}") from None
     return rows
+
+
+def _shown(value, limit=40) -> str:
+    """A value from a stranger's file, shortened for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def write_scores(results, out, *, as_json=False, root=None):
