@@ -431,6 +431,39 @@ def check_cross_rules(cfg: "Config"):
                             field=keys[0])
 
 
+MAX_CONFIG_BYTES = 1 << 20      # a config is a page of settings; more is not one
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the
+    last one silently: half a config would be ignored without a word)."""
+
+
+def _mapping_once(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:      # the keys written here (a merged << may be overridden)
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        except TypeError:       # an unhashable key: construct_mapping says so
+            break
+    return loader.construct_mapping(node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+
+
+def _yaml(text: str):
+    """``text`` parsed as YAML (the safe subset, keys once); RecursionError for nesting past
+    Python's stack (the callers say so in one line)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(text: str):
     """'section.key=value' -> ('section', 'key', value typed like YAML)."""
     if "=" not in text:
@@ -440,9 +473,12 @@ def parse_override(text: str):
     if len(parts) != 2 or not all(parts):
         raise UserError("expected section.key=value", path="--set", field=text)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise UserError(f"value is not valid YAML ({e.problem})", path="--set", field=dotted)
+        raise UserError(f"value is not valid YAML ({getattr(e, 'problem', e)})", path="--set",
+                        field=dotted) from None
+    except RecursionError:
+        raise UserError("value is nested too deeply", path="--set", field=dotted) from None
     return parts[0], parts[1], value
 
 
@@ -460,13 +496,19 @@ def load_config(path: str | os.PathLike | None = "config.yaml", *, data_dir=None
         p = pathlib.Path(path)
         if p.is_file():
             try:
-                data = yaml.safe_load(p.read_text(encoding="utf-8"))
+                size = p.stat().st_size
+                if size > MAX_CONFIG_BYTES:
+                    raise UserError(f"is {size:,} bytes; a config file is at most "
+                                    f"{MAX_CONFIG_BYTES:,}", path=p)
+                data = _yaml(p.read_text(encoding="utf-8"))
             except yaml.YAMLError as e:
                 mark = getattr(e, "problem_mark", None)
                 loc = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
-                raise UserError(f"not valid YAML: {getattr(e, 'problem', e)}", path=loc)
+                raise UserError(f"not valid YAML: {getattr(e, 'problem', e)}", path=loc) from None
+            except RecursionError:
+                raise UserError("not a config: nested too deeply", path=p) from None
             except (OSError, UnicodeDecodeError) as e:
-                raise UserError(f"cannot read: {e}", path=p)
+                raise UserError(f"cannot read: {e}", path=p) from None
             _merge(cfg, data, str(p))
             cfg.source = str(p)
         elif required or p.exists():

@@ -151,3 +151,46 @@ def test_with_settings_is_a_checked_copy(tmp_path):
     assert new.scrape.tags == cfg.scrape.tags and cfg.scrape.folder is None
     with pytest.raises(UserError, match="^run_scrape: scrape.max_posts: must be >= 0, not -1"):
         cfg.with_settings({"scrape.max_posts": -1}, "run_scrape")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("runtime: " + "[" * 100_000 + "]" * 100_000 + "\n", "not a config: nested too deeply"),
+    ("runtime:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(900)),
+     "not a config: nested too deeply"),
+    ("runtime:\n  device: cpu\nruntime:\n  device: cuda\n",
+     "3:1: not valid YAML: the key 'runtime' is given twice"),
+    ("runtime:\n  device: cpu\n  device: cuda\n",
+     "3:3: not valid YAML: the key 'device' is given twice"),
+    ("runtime: !!python/object/apply:os.system ['true']\n", "1:10: not valid YAML: could not "
+     "determine a constructor"),
+    ("scrape:\n  tags: [" + ",".join(['"' + "x" * 100 + '"'] * 12_000) + "]\n",
+     "is 1,236,018 bytes; a config file is at most 1,048,576"),
+], ids=["deep_lists", "deep_mappings", "section_twice", "key_twice", "python_tag", "megabytes"])
+def test_hostile_config_files_are_one_line(tmp_path, text, problem):
+    """Deep nesting (past Python's stack), a key given twice (PyYAML would keep the last one
+    silently), a python tag, a file of megabytes: one UserError line naming the file."""
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}") and problem in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_anchors_and_merge_keys_still_read(tmp_path):
+    """The key-once check leaves YAML's anchors, aliases and merge keys (<<) as they were."""
+    p = tmp_path / "c.yaml"
+    p.write_text("runtime: &rt\n  device: cpu\n  threads: 2\n"
+                 "score:\n  <<: {batch_size: 8, top: 3}\n  top: 2\n")
+    cfg = load_config(p)
+    assert cfg.runtime.device == "cpu" and cfg.runtime.threads == 2
+    assert cfg.score.batch_size == 8 and cfg.score.top == 2
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("runtime.device=" + "[" * 50_000, "value is nested too deeply"),
+    ("runtime.device={a: 1, a: 2}", "the key 'a' is given twice"),
+])
+def test_hostile_set_values_are_one_line(text, problem):
+    with pytest.raises(UserError, match=problem):
+        parse_override(text)
