@@ -22,6 +22,7 @@ training run).
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import re
 
@@ -56,20 +57,83 @@ def find_card(weights) -> dict | None:
     return None
 
 
+MAX_CARD_BYTES = 1 << 20            # a card is a page of JSON
+
+
 def read_card(path) -> dict:
+    """A model card, its fields checked (a card can come with weights from anywhere): one
+    UserError line naming the file and the field otherwise."""
     path = pathlib.Path(path)
     try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise UserError(f"not a model card ({path.stat().st_size:,} bytes; a card is at "
+                            f"most {MAX_CARD_BYTES:,})", path=path)
         card = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError("file not found", path=path) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"not a model card (JSON: {e})", path=path) from None
+    except RecursionError:
+        raise UserError("not a model card (JSON nested too deeply)", path=path) from None
     if not isinstance(card, dict) or card.get("card") != CARD_VERSION or \
             not isinstance(card.get("transform"), dict):
         raise UserError(f"not a model card (expected version {CARD_VERSION} with a transform)",
                         path=path)
+    _check_fields(card, path)
     card["path"] = str(path)
     return card
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _whole(lo, hi):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _text_or_none(v):
+    return v is None or (isinstance(v, str) and "\0" not in v)
+
+
+_SIDE = _whole(1, 1 << 16)
+# field -> (what it must be, the test); a field a card lacks is left to its users' defaults
+_FIELDS = {
+    "deploy": ("a path or null", _text_or_none),
+    "snapshot_prefix": ("a path", lambda v: isinstance(v, str) and "\0" not in v),
+    "image_size": ("null or [height, width], whole numbers from 1 to 65536",
+                   lambda v: v is None or (isinstance(v, list) and len(v) == 2
+                                           and all(map(_SIDE, v)))),
+    "resize_mode": ("one of squash, crop, fill, half_crop",
+                    lambda v: v in ("squash", "crop", "fill", "half_crop")),
+    "encoding": ("null or one of jpg, png, raw", lambda v: v in (None, "jpg", "png", "raw")),
+    "jpeg_quality": ("a whole number from 0 to 100", _whole(0, 100)),
+    "seed": ("a whole number", _whole(-(1 << 63), (1 << 64) - 1)),
+    "classes": ("null or a list of names",
+                lambda v: v is None or (isinstance(v, list) and len(v) <= 1000
+                                        and all(isinstance(c, str) for c in v))),
+    "transform.scale": ("a finite number", _number),
+    "transform.crop_size": ("a whole number from 0 to 65536", _whole(0, 1 << 16)),
+    "transform.mean_file": ("a path or null", _text_or_none),
+    "transform.mean_value": ("a list of at most 4 finite numbers",
+                             lambda v: isinstance(v, list) and len(v) <= 4
+                             and all(map(_number, v))),
+}
+
+
+_REQUIRED = ("transform.scale",)
+
+
+def _check_fields(card: dict, path) -> None:
+    for name, (what, ok) in _FIELDS.items():
+        where, _, key = name.rpartition(".")
+        holder = card[where] if where else card
+        if key not in holder and name in _REQUIRED:
+            raise UserError(f"missing (it must be {what})", path=path, field=name)
+        if key in holder and not ok(holder[key]):
+            shown = json.dumps(holder[key])
+            shown = shown if len(shown) <= 40 else shown[:40] + "..."
+            raise UserError(f"must be {what}, not {shown}", path=path, field=name)
 
 
 def missing_card_message(weights) -> str:
