@@ -554,6 +554,9 @@ def test_image_data_errors(image_folder, monkeypatch):
     (image_folder / "list.txt").write_text("a.jpg zero\n")
     with pytest.raises(CaffeError, match=r"list\.txt:1.*integer label"):
         image_data_net(image_folder, "batch_size: 2")
+    (image_folder / "list.txt").write_text("a.jpg 0\nb.jpg 99999999999999999999999999\n")
+    with pytest.raises(CaffeError, match=r"list\.txt:2: label 9999.* does not fit Caffe's 32-bit"):
+        image_data_net(image_folder, "batch_size: 2")
     with pytest.raises(CaffeError, match=r"new_height and new_width must be set together"):
         image_data_net(image_folder, "batch_size: 2 new_height: 5")
 

@@ -227,10 +227,14 @@ class ImageData(_PrefetchingData):
                 continue
             path, _, label = line.rstrip("\r").rpartition(" ")
             try:
-                lines.append((path, int(label)))
+                value = int(label)
             except ValueError:
                 raise CaffeError(f"expected 'path label' with an integer label, got {line!r}",
                                  path=f"{source}:{n}") from None
+            if not -(1 << 31) <= value < (1 << 31):     # Caffe reads it into an int
+                raise CaffeError(f"label {label[:30]} does not fit Caffe's 32-bit int",
+                                 path=f"{source}:{n}")
+            lines.append((path, value))
         if not lines:
             raise CaffeError("the list file names no images", path=source,
                              field=f"layer {self.name!r} (ImageData)")
