@@ -9,8 +9,10 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -210,3 +212,40 @@ def test_cli_serve_starts_answers_and_stops(tmp_path, photos):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "serve: stopped" in out
+
+
+def test_cli_serve_stopped_while_scoring_exits_cleanly(tmp_path, photos):
+    """SIGTERM while requests read and decode 12-megapixel uploads: the server lets them finish
+    and exits 0. (Before, a request thread inside OpenCV at the exit aborted the process:
+    exit status -6, 'terminate called without an active exception'.)"""
+    deploy, weights = bright_net(tmp_path)
+    noise = np.random.RandomState(0).randint(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    buf = io.BytesIO()      # ~14 MB that takes its time to arrive and to decode
+    Image.fromarray(noise).save(buf, format="JPEG", quality=90)
+    body = buf.getvalue()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    for delay in (0.3, 0.3, 0.6):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deepselfie", "serve", "--port", "0", "--model", deploy,
+             "--weights", weights, "--mean", "128,128,128"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("serving on http://127.0.0.1:"), proc.stderr.read()
+            url = line.split()[2]
+
+            def post():
+                try:
+                    requests.post(url + "api/score", data=body, timeout=60)
+                except requests.RequestException:
+                    pass        # the server went away mid-request: expected
+            clients = [threading.Thread(target=post, daemon=True) for _ in range(4)]
+            for c in clients:
+                c.start()
+            time.sleep(delay)
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (delay, err[-2000:])
+        assert "terminate called" not in err

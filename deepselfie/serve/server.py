@@ -40,6 +40,7 @@ from deepselfie.embed import json_for_html
 from deepselfie.errors import UserError
 
 from models.selfie.crop import CropSearch, cut_box, search_crop
+from models.caffe import background
 from models.caffe import image as images
 from models.selfie.score import list_images, load_bgr, read_scores
 from .uploads import ApiError, Body, ByteBudget, read_body
@@ -311,9 +312,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Server(http.server.ThreadingHTTPServer):
+    """One thread a request. The threads in flight are known: when the process exits (Ctrl-C,
+    SIGTERM) they finish their request first, for up to models.caffe.background.EXIT_JOIN_S,
+    instead of being killed inside OpenCV's or torch's C++ code, which aborts the process."""
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128   # the listen backlog (socketserver's default of 5 resets a burst)
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._in_flight: set[threading.Thread] = set()
+        self._in_flight_lock = threading.Lock()
+        background.watch(self)
+
+    def process_request_thread(self, request, client_address):
+        with self._in_flight_lock:
+            self._in_flight.add(threading.current_thread())
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(threading.current_thread())
+
+    def _stop_for_exit(self):
+        with self._in_flight_lock:
+            return list(self._in_flight)
 
     @property
     def url(self) -> str:
