@@ -1,8 +1,8 @@
 """Background threads that must be stopped before the interpreter finalizes.
 
-The data layers' prefetch threads (``prefetch.Prefetcher``) and the scorer's preparing threads
-(``models.selfie.pipeline``) are daemon threads that spend their time in OpenCV's and torch's
-C++ code. When the process exits while one of them is in there, the interpreter finalizes,
+The data layers' prefetch threads (``prefetch.Prefetcher``), the scorer's preparing threads
+(``models.selfie.pipeline``) and the web server's request threads (``deepselfie.serve``) are
+daemon threads that spend their time in OpenCV's and torch's C++ code. When the process exits while one of them is in there, the interpreter finalizes,
 and the thread, as it takes the GIL back, is ended by unwinding its stack through C++ frames
 that cannot be unwound: the process aborts ("terminate called without an active exception",
 exit status 134). Any script that ended right after one forward of a TRAIN net did.
@@ -10,7 +10,8 @@ exit status 134). Any script that ended right after one forward of a TRAIN net d
 So each owner of such threads is ``watch``-ed, and at exit (an ``atexit`` hook, which runs
 while daemon threads still can) every one still alive is told to stop (``_stop_for_exit()``:
 set its stop flag, return its threads) and the threads are joined, ``EXIT_JOIN_S`` in all.
-Their loops check ``exiting()`` between two images, so they end within one image's work.
+Their loops check ``exiting()`` between two images, so they end within one image's work (a
+request thread finishes its request).
 """
 from __future__ import annotations
 
