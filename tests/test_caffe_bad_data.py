@@ -86,3 +86,48 @@ def test_a_label_out_of_range_is_one_line(tmp_path, monkeypatch, capsys):
     lines = error_lines(capsys)
     assert len(lines) == 1 and "label 7 is out of range for 3 classes" in lines[0], lines
     assert "'loss'" in lines[0]
+
+
+TRUNCATED_CHILD = """
+import sys
+import models.caffe as caffe
+from models.caffe import db
+from models.caffe.errors import CaffeError
+for name, open_it in [("Data layer", lambda: caffe.Net("net.prototxt", caffe.TEST)),
+                      ("iter_lmdb", lambda: list(db.iter_lmdb("db"))),
+                      ("LMDBWriter", lambda: db.LMDBWriter("db"))]:
+    try:
+        open_it()
+        print(name, "opened")
+    except CaffeError as e:
+        print(name, "refused:", e)
+"""
+
+
+def test_a_truncated_lmdb_is_refused_not_a_sigbus(tmp_path):
+    """A data.mdb cut short (a copy that did not finish) is mapped all the same, and reading a
+    page past its end killed the process with SIGBUS (real Caffe too). Now its size is checked
+    against the page count its meta page records, before any record is read. (In a child
+    process: a regression must fail this test, not kill the suite.)"""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    db.write_lmdb(tmp_path / "db", ((b"%08d" % i, array_to_datum(
+        np.full((1, 4, 4), i % 256, np.uint8), 0).SerializeToString()) for i in range(2000)))
+    data = tmp_path / "db" / "data.mdb"
+    full = data.read_bytes()
+    data.write_bytes(full[:len(full) // 3])
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "data" type: "Data" top: "data" top: "label" '
+        'data_param { source: "db" backend: LMDB batch_size: 2 } }\n')
+    res = subprocess.run([sys.executable, "-c", TRUNCATED_CHILD], cwd=tmp_path,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    lines = res.stdout.splitlines()
+    assert len(lines) == 3, res.stdout
+    for line in lines:
+        assert "refused:" in line and (f"truncated LMDB: data.mdb has {len(full) // 3:,} bytes "
+                                       f"but its pages reach {len(full):,}") in line, line
+    assert "layer 'data' (Data) data_param.source" in lines[0]
+    assert lines[2].startswith("LMDBWriter refused: db: cannot continue it: truncated")

@@ -73,6 +73,9 @@ class LMDBReader(_Reader):
         if not (path / "data.mdb").exists():
             raise self.error("not an LMDB database (no data.mdb inside)")
         self.env = _shared("lmdb", path, "data.mdb", lambda p: _open_lmdb(p, self.error))
+        problem = truncated(self.env, path)
+        if problem:
+            raise self.error(problem)
         self.entries = self.env.stat()["entries"]
         if self.entries == 0:
             raise self.error("the LMDB database holds no records")
@@ -114,6 +117,19 @@ def _shared(kind: str, path: pathlib.Path, stamp_file: str, opener):
         _open[key] = handle
         _open_ids[key] = ident
         return handle
+
+
+def truncated(env, path) -> str | None:
+    """Why the LMDB open in ``env`` (at ``path``) is cut short, or None. Its meta page says how
+    many pages it has; a data.mdb shorter than that (a copy or download that did not finish)
+    is mapped all the same, and reading a page past its end kills the process with SIGBUS,
+    in real Caffe too. So the size is checked before any record is read."""
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = os.path.getsize(pathlib.Path(path) / "data.mdb")
+    if have < need:
+        return (f"truncated LMDB: data.mdb has {have:,} bytes but its pages reach {need:,} "
+                "(a copy or download that did not finish?)")
+    return None
 
 
 def _open_lmdb(path: str, error):
@@ -209,8 +225,13 @@ class LMDBWriter:
         data = path / "data.mdb"
         while data.exists() and map_size < 2 * data.stat().st_size:
             map_size *= 2
+        existed = data.exists()
         self.env = lmdb.open(str(path), map_size=map_size, subdir=True, readahead=False,
                              meminit=False)
+        problem = truncated(self.env, path) if existed else None
+        if problem:
+            self.env.close()
+            raise CaffeError(f"cannot continue it: {problem}", path=path)
 
     def committed(self) -> tuple[int, bytes | None]:
         """(number of records, last key) already in the database."""
@@ -276,6 +297,10 @@ def iter_lmdb(path) -> Iterator[tuple[bytes, bytes]]:
         env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)
     except lmdb.Error as e:
         raise CaffeError(f"cannot open as LMDB ({e})", path=path) from None
+    problem = truncated(env, path)
+    if problem:
+        env.close()
+        raise CaffeError(problem, path=path)
     try:
         with env.begin() as txn:
             yield from txn.cursor().iternext(keys=True, values=True)
