@@ -134,6 +134,24 @@ def test_copy_from_skips_missing_layers_and_names_shape_mismatch(tmp_path, small
     assert "'conv'" in msg and "(4, 3, 3, 3)" in msg and "(6, 3, 3, 3)" in msg
 
 
+
+def test_weights_with_missing_values_name_the_layer(tmp_path, small):
+    """A .caffemodel whose blob has its shape but fewer values (cut by hand or by a faulty
+    writer): one CaffeError naming the file, the layer and the counts."""
+    from models.caffe.proto import caffe_pb2
+    w = tmp_path / "w.caffemodel"
+    caffe.Net(str(small), caffe.TEST).save(w)
+    param = caffe_pb2.NetParameter()
+    param.ParseFromString(w.read_bytes())
+    conv = next(layer for layer in param.layer if layer.name == "conv")
+    del conv.blobs[0].data[:3]
+    w.write_bytes(param.SerializeToString())
+    with pytest.raises(CaffeError) as e:
+        caffe.Net(str(small), str(w), caffe.TEST)
+    assert str(e.value) == (f"{w}: param 0 of layer 'conv': blob holds 105 values but its "
+                            "shape (4, 3, 3, 3) needs 108")
+
+
 V1_NET = """
 name: "v1"
 input: "data"

@@ -675,7 +675,11 @@ class Net:
                         f"cannot copy param {i} of layer {slp.name!r}: shape mismatch, "
                         f"file has {protoio.blob_shape(sb)}, net expects {blob.shape}",
                         path=path)
-                arr = protoio.blobproto_to_array(sb).reshape(blob.shape)
+                try:
+                    arr = protoio.blobproto_to_array(sb).reshape(blob.shape)
+                except ValueError as e:     # values short of (or beyond) the shape's count
+                    raise CaffeError(f"param {i} of layer {slp.name!r}: {e}",
+                                     path=path) from None
                 with torch.no_grad():
                     blob.tensor.copy_(torch.from_numpy(arr))
             copied += 1
