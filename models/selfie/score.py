@@ -303,7 +303,7 @@ def read_scores(csv_path) -> list[tuple[pathlib.Path, float]]:
                     raise UserError(f"score {_shown(row['score'])} is not a number",
                                     path=csv_path, field=f"line {i}") from None
                 if not math.isfinite(score):
-                    raise UserError(f"score {row['score']!r} is not a finite number",
+                    raise UserError(f"score {_shown(row['score'])} is not a finite number",
                                     path=csv_path, field=f"line {i}")
                 if not row["path"] or "\0" in row["path"]:
                     raise UserError(f"path {_shown(row['path'])} is empty or holds a NUL byte",
