@@ -99,8 +99,15 @@ def _row_to_post(row: dict, folder: pathlib.Path, imported_at: str, where: str) 
     name = text("file")
     if not name:
         raise UserError("empty", path=where, field="file")
-    path = (folder / name).resolve()
-    if not path.is_file():
+    try:
+        path = (folder / name).resolve()
+        is_file = path.is_file()
+    except (ValueError, OSError) as e:     # a NUL byte, a name longer than the system takes
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise UserError(f"not a usable file name ({reason}): {shown!r}", path=where,
+                        field="file") from None
+    if not is_file:
         raise UserError(f"no such file: {folder / name}", path=where, field="file")
     author = text("author")
     if not author:

@@ -68,7 +68,7 @@ def test_bad_fields_are_named(tmp_path, field, value, problem):
     ('{"card": 1, "transform": {}, "pad": "' + "x" * (1 << 20) + '"}', "bytes; a card is at most"),
     ("{not json", "not a model card (JSON: "),
     ('{"card": 99, "transform": {}}', f"expected version {CARD_VERSION} with a transform"),
-])
+], ids=["deep", "megabytes", "not_json", "other_version"])
 def test_hostile_card_files_are_one_line(tmp_path, text, problem):
     path = write(tmp_path, text)
     with pytest.raises(UserError) as e:

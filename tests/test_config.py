@@ -190,7 +190,7 @@ def test_anchors_and_merge_keys_still_read(tmp_path):
 @pytest.mark.parametrize("text, problem", [
     ("runtime.device=" + "[" * 50_000, "value is nested too deeply"),
     ("runtime.device={a: 1, a: 2}", "the key 'a' is given twice"),
-])
+], ids=["deep", "key_twice"])
 def test_hostile_set_values_are_one_line(text, problem):
     with pytest.raises(UserError, match=problem):
         parse_override(text)

@@ -71,7 +71,12 @@ def test_import_a_folder(folder, tmp_path, cli):
     ("a.jpg,https://x.example/p/1,zed,120,14,,2025-01-02T03:04:05Z,", ":3: author",
      "repeats with a different author"),
     ("a.jpg,,ann,1,1,,2025-01-01T00:00:00Z,,extra", ":3", "more fields than columns"),
-])
+    ("a\x00b.jpg,,ann,1,1,,2025-01-01T00:00:00Z,", ":3: file",
+     "not a usable file name (embedded null byte)"),
+    ("a" * 5000 + ".jpg,,ann,1,1,,2025-01-01T00:00:00Z,", ":3: file",
+     "not a usable file name (File name too long)"),
+], ids=["count_word", "negative", "date_words", "missing_file", "no_author", "author_changes",
+        "extra_field", "nul_in_name", "name_too_long"])
 def test_a_bad_row_is_one_clear_error_and_nothing_is_written(folder, tmp_path, cli, row, where,
                                                              message):
     data = tmp_path / "data"

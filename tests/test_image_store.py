@@ -57,7 +57,8 @@ def _encode(fmt, size=(200, 150), **kw):
     (photo(3, size=(300, 60)), "too small (300x60, min side 128)"),
     (_encode("BMP"), "not an allowed image format (BMP"),    # an image, not a format we keep
     (_encode("TIFF"), "not an allowed image format (TIFF"),
-])
+], ids=["empty", "html", "json", "png_bomb", "png_9000", "truncated_jpeg", "truncated_png",
+        "too_small", "bmp", "tiff"])
 def test_rejected_with_a_reason(data, reason):
     with pytest.raises(Rejected) as e:
         inspect_image(data, max_pixels=50_000_000, min_side=128)

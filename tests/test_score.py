@@ -142,7 +142,7 @@ def test_preprocess_is_bgr_mean_subtracted_chw():
     ("path,score\na.jpg,nan\n", "line 2: score 'nan' is not a finite number"),
     ("path,score\na.jpg,-inf\n", "line 2: score '-inf' is not a finite number"),
     ("path,score\na.jpg," + "9" * 100 + "x\n", "line 2: score '" + "9" * 39 + "... is not a number"),
-])
+], ids=["field_over_the_limit", "nul_in_path", "empty_path", "nan", "minus_inf", "long_junk"])
 def test_hostile_scores_csv_is_one_line_naming_file_and_line(tmp_path, text, problem):
     """A scores.csv from anywhere (t-SNE's --scores, serve's reference): one UserError line."""
     from deepselfie.errors import UserError
