@@ -9,7 +9,7 @@ How many decode workers each layer makes its batches with (``decode_pool.DecodeP
 prefetch thread and worker processes, or the thread alone with one) is set here.
 
 A prefetcher's thread stops at the next row once it is closed or the process exits
-(``cancelled``); at exit its thread is joined first (``background``).
+(``check_cancelled``); at exit its thread is joined first (``background``).
 """
 from __future__ import annotations
 
@@ -29,16 +29,12 @@ class Cancelled(BaseException):
     handling, which catches Exception, lets it through.)"""
 
 
-def cancelled() -> bool:
-    """Whether the batch this thread is making is no longer wanted (False outside prefetch
-    threads, e.g. in a decode worker process: its parent's exit closes its pipe)."""
-    stop = getattr(_here, "stop", None)
-    return background.exiting() or (stop is not None and stop.is_set())
-
-
 def check_cancelled() -> None:
-    """Raise Cancelled where ``cancelled()``: called once per row by the batch makers."""
-    if cancelled():
+    """Raise Cancelled when the batch this thread is making is no longer wanted: called once
+    per row by the batch makers. (Never outside prefetch threads, e.g. in a decode worker
+    process: its parent's exit closes its pipe.)"""
+    stop = getattr(_here, "stop", None)
+    if background.exiting() or (stop is not None and stop.is_set()):
         raise Cancelled()
 
 
