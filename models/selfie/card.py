@@ -65,9 +65,10 @@ def read_card(path) -> dict:
     UserError line naming the file and the field otherwise."""
     path = pathlib.Path(path)
     try:
-        if path.stat().st_size > MAX_CARD_BYTES:
-            raise UserError(f"not a model card ({path.stat().st_size:,} bytes; a card is at "
-                            f"most {MAX_CARD_BYTES:,})", path=path)
+        size = path.stat().st_size
+        if size > MAX_CARD_BYTES:
+            raise UserError(f"not a model card ({size:,} bytes; a card is at most "
+                            f"{MAX_CARD_BYTES:,})", path=path)
         card = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError("file not found", path=path) from None
