@@ -38,12 +38,12 @@ def check_labels(layer, labels, valid, classes: int) -> None:
     is traced the labels are symbols: an inference graph does not check (a compiled net runs
     in TEST phase, where labels are rarely fed); a training graph returns the check's outcome
     (``label_flags``)."""
+    bad = valid & ((labels < 0) | (labels >= classes))
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         flags = getattr(_tracing, "flags", None)
         if flags is not None:
-            flags.append((valid & ((labels < 0) | (labels >= classes))).any())
+            flags.append(bad.any())
         return
-    bad = valid & ((labels < 0) | (labels >= classes))
     if bool(bad.any()):
         value = int(labels[bad][0])
         raise layer.error(f"label {value} is out of range for {classes} classes (0.."
