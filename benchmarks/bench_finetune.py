@@ -21,7 +21,7 @@ the forward and backward as torch.compile graphs); the compiled row's first step
 compiles, is timed apart ("compile s").
 
     python benchmarks/bench_finetune.py [--device cuda] [--batch 32] [--size 224]
-                                        [--iters 20] [--warmup 3] [--modes fp32,fast]
+                                        [--iters 20] [--warmup 3] [--modes fast,fp32]
                                         [--no-compiled] [--json FILE]
     python benchmarks/bench_finetune.py --device cpu --batch 2 --size 64 --iters 2   # a check
 """
@@ -164,32 +164,36 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--modes", default="fp32,fast")
+    ap.add_argument("--modes", default="fast,fp32")
     ap.add_argument("--peak", type=float, help="the device's peak in TFLOPS for every mode")
     ap.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
                     help="also run each mode compiled (default: yes)")
     ap.add_argument("--cache-dir", help="inductor's cache folder for the compiled runs")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
-    rows = [run_mode(args, mode == "fast", compiled) for mode in args.modes.split(",")
-            for compiled in ([False, True] if args.compiled else [False])]
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
     print(f"VGG16 fine-tuning (selfie train net, SGD momentum 0.9), batch {args.batch}, "
           f"{args.size}x{args.size}, {args.iters} steps after {args.warmup}; {where}")
     print(f"{'mode':12} {'run':9} {'img/s':>8} {'ms/step':>8} {'GFLOP/img':>9} {'TFLOP/s':>8} "
-          f"{'peak':>8} {'MFU':>6} {'compile s':>9}  peak from")
-    for r in rows:
-        compile_s = f"{r['compile_s']:9.1f}" if r["compile_s"] is not None else f"{'-':>9}"
-        print(f"{r['mode']:12} {r['run']:9} {r['img_s']:8.2f} {r['step_ms']:8.1f} "
-              f"{r['gflop_per_image']:9.1f} {r['tflops']:8.3f} {r['peak_tflops']:8.1f} "
-              f"{100 * r['mfu']:5.1f}% {compile_s}  {r['peak_from']}")
+          f"{'peak':>8} {'MFU':>6} {'compile s':>9}  peak from", flush=True)
+    rows = []
+    # each row is printed (and the JSON rewritten) as soon as it is measured: a run stopped at
+    # its time limit still leaves the rows it finished
+    for mode in args.modes.split(","):
+        for compiled in ([False, True] if args.compiled else [False]):
+            r = run_mode(args, mode == "fast", compiled)
+            rows.append(r)
+            compile_s = f"{r['compile_s']:9.1f}" if r["compile_s"] is not None else f"{'-':>9}"
+            print(f"{r['mode']:12} {r['run']:9} {r['img_s']:8.2f} {r['step_ms']:8.1f} "
+                  f"{r['gflop_per_image']:9.1f} {r['tflops']:8.3f} {r['peak_tflops']:8.1f} "
+                  f"{100 * r['mfu']:5.1f}% {compile_s}  {r['peak_from']}", flush=True)
+            if args.json:
+                pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
     eager = {r["mode"]: r for r in rows if r["run"] == "eager"}
     for r in rows:
         if r["run"] == "compiled" and r["mode"] in eager:
             print(f"  {r['mode']}: compiled / eager {r['img_s'] / eager[r['mode']]['img_s']:.2f}x")
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# What a session lent a CUDA machine runs there, in one call of the device tool (a few minutes):
-# the CUDA-marked tests, then the VGG16 fine-tuning benchmark (fp32 and bf16, eager and compiled),
-# with logs and the benchmark's JSON under $OUT (or ./gpu_out without it).
-#   device run: bash benchmarks/gpu_check.sh        (timeout_s about 540)
+# What a session lent a CUDA machine runs there, in one call of the device tool (under ten minutes):
+# the VGG16 fine-tuning benchmark (bf16 and fp32, eager and compiled), the CUDA-marked tests, and
+# the Data layer's img/s per worker on its cores, with logs and the benchmark's JSON under $OUT
+# (or ./gpu_out without it).
+#   device run: bash benchmarks/gpu_check.sh        (timeout_s about 590)
 # The device image's python3 has torch with CUDA; LMDB-reading tests need the lmdb wheel carried
 # in .whl (see the device tool's README); without it they are reported, not fatal here.
 set -o pipefail
@@ -16,6 +17,13 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
   | tee -a "$OUT/gpu.txt"
-timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
-timeout 400 python3 benchmarks/bench_finetune.py --device cuda --batch 32 --iters 20 \
+# the benchmark first: its rows are printed and written as each one ends, so a stop at the limit
+# keeps what finished
+timeout 300 python3 benchmarks/bench_finetune.py --device cuda --batch 32 --iters 20 \
   --cache-dir /tmp/inductor --json "$OUT/finetune.json" 2>&1 | tee "$OUT/finetune.log"
+timeout 180 python3 -m pytest -q -m gpu -p no:cacheprovider -rs \
+  tests/test_solver.py tests/test_compiled_train.py tests/test_faces_detect.py 2>&1 \
+  | tee "$OUT/gpu_tests.log"
+# img/s per decode worker on this machine's cores: how many workers a GPU like this one needs
+timeout 60 python3 benchmarks/bench_data.py --workers 1,2,4,8 --rounds 2 --batches 60 2>&1 \
+  | tee "$OUT/data.log"
