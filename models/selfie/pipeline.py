@@ -28,6 +28,7 @@ forward the lower. The score runs reach 0.83-0.98 of that bound (1.85 cores of 2
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -185,20 +186,27 @@ class PreparedBatches:
 
 
 class ForwardThreads:
-    """How many torch threads the forward gets while workers prepare the next batches: all of
-    torch's own, or one, whichever scores more images per second, measured as it runs.
+    """How many torch threads the forward gets while workers prepare the next batches, measured
+    as it runs: a setting on the ladder 1, 2, 4, ... up to torch's own setting ("all").
 
-    Both run at the same time on the same cores. A forward on all the threads (torch's OpenMP
-    pool) slows down far more than its share when decoders or other processes take a core from
-    it (its threads wait for each other: on the shared 2-core machine the small net's forward
-    ran 7x slower on two threads than on one under load), while a one-thread forward does its
-    work in the fewest core-seconds and leaves the other cores to decoding. So: when preparing
-    a batch costs little next to its forward (``NET_BOUND``: VGG16, ~3 ms of decoding next to
-    ~300 ms of forward an image), the forward keeps every thread; otherwise (the small net: a
-    640x480 JPEG's decode costs more than its forward) it runs on one thread. Every ``RETRY``
-    batches (``RETRY_NET_BOUND`` when net-bound) it tries the other setting for a batch, and
-    from then on keeps the faster one (the load of the machine changes: under load, VGG16 too
-    can run faster on one thread than on two).
+    The forward and the workers run at the same time on the same cores. A forward on more
+    threads than it can have (torch's OpenMP pool) slows down far more than its share when
+    decoders or other processes take a core from it (its threads wait for each other: on the
+    shared 2-core machine the small net's forward ran 7x slower on two threads than on one
+    under load), while on too few it leaves cores idle once the workers keep up (on a
+    16-core machine the small net scored at the speed of its one-thread forward, 0.09x of its
+    raw forward). So it starts from an estimate and then climbs the ladder by measurement:
+      - net-bound (``NET_BOUND``: preparing a batch costs little next to its forward, VGG16's
+        ~3 ms of decoding next to ~300 ms of forward an image): all threads;
+      - otherwise one thread (from the second batch: the first, on all, warms up), whose
+        forward time gives the one-thread cost of an image (f); with p the CPU time preparing
+        one takes, the balanced share of the cores is f / (p + f) of them, and the forward
+        moves to the ladder's nearest step (on two cores that is one thread: the small net's f
+        and p are both ~1 ms);
+      - every ``RETRY`` batches (``RETRY_NET_BOUND`` when net-bound) it tries a neighbouring
+        step for a batch (one not measured yet first, else up and down in turn) and from then
+        on keeps the fastest it has measured (the machine's load changes: under load, VGG16
+        too can run faster on one thread than on two).
 
     ``observe(images, waited, ran, prepare_cpu, first)`` after each batch: the seconds the
     caller waited for it and its forward took, the CPU seconds preparing an image takes, and
@@ -209,14 +217,16 @@ class ForwardThreads:
     run (a Scorer keeps one)."""
 
     NET_BOUND = 0.1     # preparing a batch costs under this share of its forward: keep all
-    RETRY = 16          # batches between tries of the setting not in use
+    RETRY = 16          # batches between tries of a neighbouring setting
     RETRY_NET_BOUND = 64    # the same while net-bound (a one-thread try costs more there)
 
     def __init__(self, threads: int | None = None):
         self.fixed = int(threads) if threads else None
         self.most = self.current = self.fixed or 1    # set on entering: torch's own setting
+        self.ladder = [self.most]
         self.rates: dict[int, float] = {}              # threads -> images per second, last seen
         self.since_try = 0
+        self.upward = True                             # the way the next try goes, both known
         self.previous = None
 
     def __enter__(self):
@@ -226,6 +236,7 @@ class ForwardThreads:
         if most != self.most:
             self.rates.clear()
         self.most = most
+        self.ladder = ladder(most)
         self._set(self.current if self.current in self.rates else most)
         return self
 
@@ -239,23 +250,53 @@ class ForwardThreads:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 
+    def _neighbour(self) -> int:
+        """The step to try next: beside the current one, not measured yet first."""
+        i = min(range(len(self.ladder)), key=lambda k: abs(self.ladder[k] - self.current))
+        near = [self.ladder[k] for k in (i + 1, i - 1) if 0 <= k < len(self.ladder)]
+        unknown = [t for t in near if t not in self.rates]
+        if unknown:
+            return unknown[0]
+        self.upward = not self.upward
+        up = [t for t in near if t > self.current]
+        down = [t for t in near if t < self.current]
+        return (up if self.upward and up else down or up)[0]
+
+    def _balanced(self, images: int, ran: float, prepare_cpu: float | None) -> int:
+        """The ladder step nearest the forward's balanced share of the cores, from a batch run
+        on one thread; one thread when that cannot be told."""
+        if self.current != 1 or not prepare_cpu or images <= 0 or ran <= 0:
+            return 1
+        f = ran / images
+        share = self.most * f / (prepare_cpu + f)
+        return min(self.ladder, key=lambda t: abs(math.log2(t) - math.log2(max(1.0, share))))
+
     def observe(self, images: int, waited: float, ran: float,
                 prepare_cpu: float | None = None, first: bool = False) -> int:
-        """Account one batch; returns (and sets) the torch threads for the next forward."""
+        """Account one batch; returns (and sets) the threads for the next forward."""
         if self.fixed or self.most == 1 or images <= 0 or waited + ran <= 0:
             return self.current
         if not first:
             self.rates[self.current] = images / (waited + ran)
         net_bound = prepare_cpu is not None and prepare_cpu * images < self.NET_BOUND * ran
-        guess = self.most if net_bound else 1          # what to use without measurements
-        other = 1 if self.current == self.most else self.most
         self.since_try += 1
         if not first and self.since_try >= (self.RETRY_NET_BOUND if net_bound else self.RETRY):
             self.since_try = 0
-            want = other                               # try the other setting for a batch
-        elif self.current in self.rates and other in self.rates:
+            want = self._neighbour()                   # try a neighbouring step for a batch
+        elif len(self.rates) > 1:
             want = max(self.rates, key=self.rates.get)
+        elif net_bound:
+            want = self.most
         else:
-            want = guess
+            want = self._balanced(images, ran, prepare_cpu)
         self._set(want)
         return want
+
+
+def ladder(most: int) -> list[int]:
+    """1, 2, 4, ... below ``most``, then ``most``."""
+    steps, t = [], 1
+    while t < most:
+        steps.append(t)
+        t *= 2
+    return steps + [max(1, most)]

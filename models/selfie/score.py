@@ -235,8 +235,8 @@ class Scorer:
         worker threads into preallocated buffers while the caller runs the previous batch
         (models.selfie.pipeline); ``inputs`` is valid until the next step. Files that cannot
         be read are skipped with a warning and listed in ``self.failed``, in path order. While
-        it runs, torch gets the threads ``self.threads`` says (None: all of torch's own or one,
-        whichever scores faster: models.selfie.pipeline.ForwardThreads)."""
+        it runs, torch gets the threads ``self.threads`` says (None: the step of 1, 2, 4, ...
+        up to torch's own that scores fastest, measured: models.selfie.pipeline.ForwardThreads)."""
         failed = self.failed = []
         paths = list(paths)
         self.work_images = len(paths) * self.pre.crops
