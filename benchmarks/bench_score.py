@@ -148,7 +148,8 @@ def bench(deploy, weights, card, paths, batch, fast, rounds=2, device="cpu"):
                 best[what], cores[what] = len(paths) / wall, (process_cpu() - cpu) / wall
     return {"score": best["score"], "raw": best[default], "raw1": best[1],
             "threads": counting.text(), "cores": cores["score"],
-            "fwd1_ms": 1e3 * cores[1] / best[1] if best[1] else 0.0, "prep_ms": 1e3 * prepare_cpu(scorer, paths)}
+            "fwd1_ms": 1e3 * cores[1] / best[1] if best[1] else 0.0,
+            "prep_ms": 1e3 * prepare_cpu(scorer, paths)}
 
 
 def process_cpu():
