@@ -3,8 +3,8 @@
 For each net (the small 64x64 selfie net, batch 32, and the selfie VGG16 at 224, batch 8),
 exact fp32 (and with --modes fp32,fast also bf16 + channels_last): score a folder of 640x480
 JPEGs with the scoring module and the default preprocessing (as trained, from a model card: the
-label run's resize and JPEG round trip, mean image, scale; worker threads prepare batches while
-the net runs, torch threads split automatically), and run the same number of images through
+label run's resize and JPEG round trip, mean image, scale; worker threads or processes, --prepare,
+prepare batches while the net runs, torch threads split automatically), and run the same number of images through
 net.forward on ready batches of the same size, at torch's default threads and at one thread.
 Rounds alternate the three; the best of each is kept. "ratio" is score / the better raw forward.
 Goals (issue 16): small >= 0.7, VGG16 >= 0.95. "threads:batches" says which torch thread counts
@@ -28,7 +28,7 @@ Then the preprocessing alone (file -> net input, one thread), side by side:
 
     flock /tmp/bench.lock python benchmarks/bench_score.py [--images 384] [--vgg-images 24]
         [--nets small,vgg16] [--modes fp32] [--content photo|noise] [--rounds 2] [--pre-only]
-        [--device cpu|cuda]
+        [--device cpu|cuda] [--prepare auto|threads|processes|threads,processes]
 """
 import argparse
 import os
@@ -113,12 +113,16 @@ class CountingThreads:
         return ",".join(f"{t}:{n}" for t, n in sorted(self.counts.items()))
 
 
-def bench(deploy, weights, card, paths, batch, fast, rounds=2, device="cpu"):
+def bench(deploy, weights, card, paths, batch, fast, rounds=2, device="cpu", prepare="auto"):
     """-> (score img/s, raw img/s at torch's threads, raw img/s at one thread (not on a GPU),
     threads used)."""
     scorer = Scorer(deploy, weights, resize="trained", card=card, batch_size=batch,
-                    device=device, fast=fast)
+                    device=device, fast=fast, prepare=prepare)
     gpu = device != "cpu"
+
+    def all_cpu():          # this process's CPU seconds and its worker processes' so far
+        pool = scorer._pool
+        return process_cpu() + (pool.worker_cpu()[1] if pool is not None else 0.0)
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     h, w = scorer.pre.height, scorer.pre.width
     ready = np.random.RandomState(0).normal(0, 1, (batch, 3, h, w)).astype(np.float32)
@@ -132,7 +136,7 @@ def bench(deploy, weights, card, paths, batch, fast, rounds=2, device="cpu"):
     cores = {1: 0.0}
     for _ in range(rounds):
         for what in (default, "score") if gpu else (default, "score", 1):
-            t, cpu = time.perf_counter(), process_cpu()
+            t, cpu = time.perf_counter(), all_cpu()
             if what == "score":
                 results, failed = scorer.score_paths(paths, show_progress=False)
                 assert len(results) == len(paths) and not failed
@@ -145,8 +149,11 @@ def bench(deploy, weights, card, paths, batch, fast, rounds=2, device="cpu"):
                 torch.set_num_threads(default)
             wall = time.perf_counter() - t
             if len(paths) / wall > best[what]:
-                best[what], cores[what] = len(paths) / wall, (process_cpu() - cpu) / wall
+                best[what], cores[what] = len(paths) / wall, (all_cpu() - cpu) / wall
+    processes = scorer.uses_processes(len(paths))
+    scorer.close()
     return {"score": best["score"], "raw": best[default], "raw1": best[1],
+            "prepare": "processes" if processes else "threads",
             "threads": counting.text(), "cores": cores["score"],
             "fwd1_ms": 1e3 * cores[1] / best[1] if best[1] else 0.0,
             "prep_ms": 1e3 * prepare_cpu(scorer, paths)}
@@ -211,6 +218,9 @@ def main():
     ap.add_argument("--content", default="photo", choices=("photo", "noise"))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--pre-only", action="store_true", help="only the preprocessing table")
+    ap.add_argument("--prepare", default="auto",
+                    help="where the scorer prepares images: auto, threads, processes, or a "
+                         "comma list of them (a row each)")
     ap.add_argument("--device", default="cpu",
                     help="cpu, or cuda: the nets run on the GPU, the preparing on the CPU's cores")
     args = ap.parse_args()
@@ -227,7 +237,8 @@ def main():
         print(f"\nscore vs raw forward: 640x480 JPEGs ({args.content}, {kb:.0f} KB on average), "
               f"as trained (model card), {args.device}, torch threads {torch.get_num_threads()}, "
               f"{os.cpu_count()} cores")
-        print(f"{'net':6} {'mode':5} {'images':>6} {'raw fwd':>9} {'raw 1 thr':>9} "
+        print(f"{'net':6} {'mode':5} {'prep in':9} {'images':>6} {'raw fwd':>9} "
+              f"{'raw 1 thr':>9} "
               f"{'score':>9} {'ratio':>6} {'goal':>5} {'cores':>5} {'prep ms':>7} "
               f"{'fwd1 ms':>7} {'bound':>6}  threads:batches  loadavg")
         for name in args.nets.split(","):
@@ -237,16 +248,17 @@ def main():
             card = card_for(tmp, size, crop, scale)
             n = args.images if name == "small" else args.vgg_images
             goal = 0.7 if name == "small" else 0.95
-            for mode in args.modes.split(","):
+            for mode, prepare in [(m, w) for m in args.modes.split(",")
+                                  for w in args.prepare.split(",")]:
                 r = bench(deploy, weights, card, paths[:n], batch, mode == "fast", args.rounds,
-                          args.device)
+                          args.device, prepare)
                 best_raw = max(r["raw"], r["raw1"])
                 # what score could reach if every core were free: each image's preparing and a
                 # one-thread forward side by side on all the cores, or the better raw forward
                 # (on a GPU the forward costs the cores nothing: the preparing alone bounds it)
                 bound = min(best_raw, 1e3 * (os.cpu_count() or 1) / (r["prep_ms"] + r["fwd1_ms"]))
                 raw1 = f"{r['raw1']:9.2f}" if r["raw1"] else f"{'-':>9}"
-                print(f"{name:6} {mode:5} {n:6d} {r['raw']:9.2f} {raw1} "
+                print(f"{name:6} {mode:5} {r['prepare']:9} {n:6d} {r['raw']:9.2f} {raw1} "
                       f"{r['score']:9.2f} {r['score'] / best_raw:6.2f} {goal:5.2f} "
                       f"{r['cores']:5.2f} {r['prep_ms']:7.2f} {r['fwd1_ms']:7.2f} "
                       f"{bound / best_raw:6.2f}  {r['threads']:15}  "

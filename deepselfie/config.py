@@ -111,6 +111,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "fast_decode": _k(bool, False, "decode large JPEGs at reduced size (faster, other "
                           "pixels than training saw)"),
         "batch_size": _k(int, 16, "images per forward pass", rule=at_least(1)),
+        "prepare": _k(str, "auto", "where images are decoded and prepared while the net runs: "
+                      "threads, processes, or auto (processes for large jobs on 4+ cores)",
+                      choices=("auto", "threads", "processes")),
         "top": _k(int, 24, "images on the top-N contact sheet", rule=at_least(1)),
         "good_class": _k(int, 1, "softmax index of the 'good' class", rule=at_least(0)),
     },

@@ -122,3 +122,44 @@ def test_next_after_close_says_the_layer_was_closed(image_list, monkeypatch):
     reader.join(30)
     assert not reader.is_alive(), "next() after close waits for ever"
     assert "the data layer was closed" in str(raised[0])
+
+
+def test_a_script_leaving_a_pooled_scoring_run_unfinished_exits_cleanly(image_list):
+    """The same with the preparing in worker processes (Scorer prepare="processes"): the script
+    ends cleanly, and its workers end with it (their pipe closes) instead of living on."""
+    deploy = ROOT / "prototxt" / "selfie_small_deploy.prototxt"
+    pids = image_list / "pids.txt"
+    run_script(image_list, f"""
+        import models.caffe as caffe
+        from models.selfie.score import Scorer
+        caffe.Net({str(deploy)!r}, caffe.TEST).save("small.caffemodel")
+        scorer = Scorer({str(deploy)!r}, "small.caffemodel", mean="104,117,123", batch_size=4,
+                        workers=2, prepare="processes")
+        paths = [f"images/{{i % 12}}.jpg" for i in range(400)]
+        batches = scorer.iter_batches(paths, show_progress=False)
+        next(batches)
+        with open("pids.txt", "a") as f:
+            f.write(" ".join(map(str, scorer._pool.worker_pids())) + "\\n")
+        print("forward done", flush=True)
+    """)
+    workers = [int(p) for p in pids.read_text().split()]
+    assert len(workers) == 6                      # two for each of the three runs
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers)
+
+
+def _alive(pid):
+    import os
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:     # a zombie is not alive
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -3,7 +3,9 @@ net runs) gives exactly what reading and preparing the same files one at a time 
 scores, the same unreadable files with the same reasons, in path order; it stops its workers
 when the caller stops early and passes a worker's unexpected error on; torch's thread setting
 is restored."""
+import os
 import pathlib
+import signal
 import threading
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from PIL import Image
 
 import models.caffe as caffe
+from deepselfie.errors import UserError
 from models.selfie.pipeline import ForwardThreads, PreparedBatches
 from models.selfie.score import Scorer, UnreadableImage, load_bgr
 
@@ -71,15 +74,19 @@ def one_at_a_time(scorer: Scorer, paths):
     return scores, failed
 
 
-@pytest.mark.parametrize("resize,batch_size,workers,threads", [
-    ("squash", 4, 3, None), ("squash", 1, 2, 1), ("oversample", 3, 2, None),
-    ("squash", 32, 4, 2)])
+@pytest.mark.parametrize("resize,batch_size,workers,threads,prepare", [
+    ("squash", 4, 3, None, "threads"), ("squash", 1, 2, 1, "threads"),
+    ("oversample", 3, 2, None, "processes"),      # ten inputs an image: threads all the same
+    ("squash", 32, 4, 2, "threads"), ("squash", 4, 3, None, "processes"),
+    ("crop", 5, 2, 1, "processes"), ("squash", 1, 1, None, "processes")])
 def test_pipelined_scores_equal_one_at_a_time(tmp_path, small_weights, resize, batch_size,
-                                              workers, threads):
+                                              workers, threads, prepare):
     paths = make_folder(tmp_path / "imgs")
     scorer = Scorer(SMALL, small_weights, mean="104,117,123", scale=0.0078125, resize=resize,
-                    batch_size=batch_size, workers=workers, threads=threads)
+                    batch_size=batch_size, workers=workers, threads=threads, prepare=prepare)
+    assert scorer.uses_processes(len(paths)) == (prepare == "processes" and resize != "oversample")
     results, failed = scorer.score_paths(paths, show_progress=False)
+    scorer.close()
     expected, expected_failed = one_at_a_time(scorer, paths)
     assert [p.name for p, _ in failed] == ["f00.jpg", "f06.jpg", "f07.png", "f12.jpg",
                                            "f22.png"]
@@ -93,12 +100,13 @@ def test_pipelined_scores_equal_one_at_a_time(tmp_path, small_weights, resize, b
     assert len(set(expected.values())) > 10               # the net tells the images apart
 
 
-def test_batches_keep_consecutive_readable_images(tmp_path, small_weights):
+@pytest.mark.parametrize("prepare", ["threads", "processes"])
+def test_batches_keep_consecutive_readable_images(tmp_path, small_weights, prepare):
     """Batches are batch_size consecutive readable files, as before the pipeline; a batch after
     an unreadable file is assembled by copying and holds the right rows."""
     paths = make_folder(tmp_path / "imgs", n=15)
     scorer = Scorer(SMALL, small_weights, mean="104,117,123", resize="squash", batch_size=4,
-                    workers=2)
+                    workers=2, prepare=prepare)
     readable = [p for p in paths if p.name not in {"f00.jpg", "f06.jpg", "f07.png", "f12.jpg",
                                                    "f14.jpg"}]
     seen = []
@@ -273,3 +281,76 @@ def test_forward_threads_ladder():
     from models.selfie.pipeline import ladder
     assert ladder(1) == [1] and ladder(2) == [1, 2] and ladder(6) == [1, 2, 4, 6]
     assert ladder(16) == [1, 2, 4, 8, 16]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:         # a zombie is not alive
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_worker_processes_are_kept_between_jobs_and_end_with_close(tmp_path, small_weights):
+    paths = make_folder(tmp_path / "imgs", n=23)
+    scorer = Scorer(SMALL, small_weights, mean="104,117,123", batch_size=4, workers=2,
+                    prepare="processes")
+    first = scorer.score_paths(paths, show_progress=False)
+    pids = scorer._pool.worker_pids()
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    # stopping after one batch leaves the pool in step: the next job is whole and the same
+    batches = scorer.iter_batches(paths, show_progress=False)
+    next(batches)
+    batches.close()
+    assert scorer.score_paths(paths, show_progress=False) == first
+    assert scorer._pool.worker_pids() == pids                  # the same processes
+    scorer.close()
+    assert not any(_alive(p) for p in pids)
+
+
+def test_a_killed_worker_process_is_one_clear_error(tmp_path, small_weights):
+    paths = make_folder(tmp_path / "imgs", n=23)
+    scorer = Scorer(SMALL, small_weights, mean="104,117,123", batch_size=4, workers=2,
+                    prepare="processes")
+    scorer.score_paths(paths[:4], show_progress=False)
+    victim = scorer._pool.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="ended unexpectedly"):
+        scorer.score_paths(paths, show_progress=False)
+    scorer.close()
+    # a new pool after close: scoring works again
+    results, failed = scorer.score_paths(paths, show_progress=False)
+    assert len(results) == 18 and len(failed) == 5
+    scorer.close()
+
+
+def test_auto_prepares_large_jobs_on_enough_cores_in_processes(small_weights):
+    from models.selfie.score import PROCESS_MIN_IMAGES, PROCESS_MIN_WORKERS
+    auto = Scorer(SMALL, small_weights, mean="104,117,123", workers=PROCESS_MIN_WORKERS)
+    assert auto.uses_processes(PROCESS_MIN_IMAGES)
+    assert not auto.uses_processes(PROCESS_MIN_IMAGES - 1)       # a start is not paid back
+    few = Scorer(SMALL, small_weights, mean="104,117,123", workers=PROCESS_MIN_WORKERS - 1)
+    assert not few.uses_processes(10 * PROCESS_MIN_IMAGES)       # 2 cores: threads are faster
+    ten = Scorer(SMALL, small_weights, mean="104,117,123", resize="oversample",
+                 workers=PROCESS_MIN_WORKERS, prepare="processes")
+    assert not ten.uses_processes(10 * PROCESS_MIN_IMAGES)       # ten inputs an image
+    with pytest.raises(UserError, match="score.prepare"):
+        Scorer(SMALL, small_weights, mean="104,117,123", prepare="fork")
+
+
+@pytest.mark.parametrize("prepare", ["threads", "processes"])
+def test_a_decompression_bomb_is_skipped_with_its_reason(tmp_path, small_weights, prepare):
+    """A stranger's PNG whose header claims 30000 x 30000 pixels: nothing is decoded, in a worker
+    process as in a thread; the file is skipped with the reason and the rest are scored."""
+    from tests.scrape_corpus import bomb_png
+    paths = make_folder(tmp_path / "imgs", n=9)
+    bomb = tmp_path / "imgs" / "f04.png"
+    bomb.write_bytes(bomb_png())
+    scorer = Scorer(SMALL, small_weights, mean="104,117,123", batch_size=4, workers=2,
+                    prepare=prepare)
+    results, failed = scorer.score_paths(paths, show_progress=False)
+    scorer.close()
+    reasons = dict(failed)
+    assert "too many pixels" in reasons[bomb]
+    assert len(results) == len(paths) - len(failed) and len(failed) == 5

@@ -74,6 +74,9 @@ def add_model_options(p):
                      "was trained on")
     add_setting(g, "--batch-size", key="score.batch_size", metavar="N",
                 help="images per forward pass")
+    add_setting(g, "--prepare", key="score.prepare",
+                help="where images are decoded and prepared while the net runs: threads, "
+                     "processes, or auto (processes for large jobs on 4 cores or more)")
     add_setting(g, "--device", key="runtime.device", help="cpu, cuda, cuda:N or auto")
     add_setting(g, "--fast", key="runtime.fast", help="bf16 + channels_last (--no-fast: exact)")
     p.set_defaults(nets=ANY_ENGINE)
@@ -94,7 +97,7 @@ def make_scorer(cfg):
                         path="--weights")
     common = dict(batch_size=sc.batch_size, device=cfg.runtime.device, fast=cfg.runtime.fast,
                   good_class=sc.good_class, fast_decode=sc.fast_decode,
-                  compile=cfg.runtime.compile,
+                  prepare=sc.prepare, compile=cfg.runtime.compile,
                   compile_cache=cfg.data_dir / "cache" / "inductor")
     if find_card(weights) is not None:
         return Scorer.from_card(weights, model=sc.model, mean=sc.mean, scale=sc.scale,

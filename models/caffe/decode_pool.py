@@ -53,13 +53,16 @@ _SHM = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 class DecodePool:
     def __init__(self, workers: int, reader, transformer, name: str = "decode",
-                 in_flight: int = 2):
+                 in_flight: int = 2, here: bool = True):
         """``reader`` (``data_items.DatumRecords`` / ``ImageFiles``) loads an item,
         ``transformer`` (``DataTransformer``) transforms it; with workers, both are pickled
         once to each worker. ``in_flight``: how many batches may be submitted and not yet
         collected (the layer keeps that many in the making, so no worker waits for the next
-        one)."""
+        one). ``here=False``: all ``workers`` are processes and ``submit`` makes no share
+        itself, it only deals (for a caller whose own thread has other work, as the scorer's
+        forward)."""
         self.workers = max(1, int(workers))
+        self.here = bool(here)
         self.in_flight = max(1, int(in_flight))
         self.reader, self.transformer, self.name = reader, transformer, name
         self._procs: list[_Worker] = []
@@ -84,7 +87,7 @@ class DecodePool:
         may still be in the making: a layer keeps one batch in flight while it reads the next
         one's records, so the workers never wait for it."""
         ticket = _Ticket(np.empty(shape[0], dtype=np.float32))
-        if self.workers == 1:
+        if self.workers == 1 and self.here:
             ticket.data = np.empty(shape, dtype=np.float32)
             fill_rows(self.reader, self.transformer, jobs, ticket.data, ticket.labels,
                       first_shape)
@@ -94,7 +97,10 @@ class DecodePool:
         procs = self._started()
         slot = self._slot(int(np.prod(shape)) * 4, procs, ticket)
         ticket.data = slot.lease(shape, self._give_back)
-        mine, *shares = self._dealt(rest, [_HERE] + procs)
+        if self.here:
+            mine, *shares = self._dealt(rest, [_HERE] + procs)
+        else:
+            mine, shares = [], self._dealt(rest, procs)
         packed, arena = self._packed([j for share in shares for j in share], procs, ticket)
         ticket.busy = []
         for p, share in zip(procs, shares):
@@ -235,7 +241,8 @@ class DecodePool:
             if self._closed:
                 raise RuntimeError(f"{self.name}: the decode pool is closed")
             if not self._procs:
-                procs = [_Worker(f"{self.name}-{k}") for k in range(self.workers - 1)]
+                procs = [_Worker(f"{self.name}-{k}")
+                         for k in range(self.workers - (1 if self.here else 0))]
                 self._procs = procs
                 for p in procs:
                     p.send(("setup", self.reader, self.transformer))

@@ -1,4 +1,5 @@
-"""Images prepared ahead of the net, by worker threads, straight into preallocated batch buffers.
+"""Images prepared ahead of the net, by worker threads (or processes), straight into preallocated
+batch buffers.
 
     for batch_paths, inputs in PreparedBatches(paths, prepare, item_shape, batch_size,
                                                workers=2, on_failure=..., on_done=...):
@@ -25,6 +26,10 @@ machine's speed varies that much from run to run), so with both cores busy scori
 2 / (prep + forward) images a second: 0.48-0.68x of its two-thread raw forward, the faster the
 forward the lower. The score runs reach 0.83-0.98 of that bound (1.85 cores of 2). VGG16's
 ~1.5 ms of preparing is ~1% of its forward: score = raw forward.
+
+``PooledBatches`` is the same with the preparing in worker processes, for machines with more
+cores than the GIL lets threads use (a GPU machine's); ``ForwardThreads`` gives the forward the
+share of the cores that scores fastest.
 """
 from __future__ import annotations
 
@@ -183,6 +188,94 @@ class PreparedBatches:
                 state.cond.notify_all()
             for t in threads:
                 t.join()
+
+
+class PooledBatches:
+    """``PreparedBatches`` with the preparing in worker processes (``models.caffe.decode_pool``,
+    ``here=False``): the same iteration, batches and callbacks. Each chunk of ``batch_size``
+    paths is one batch of the pool, dealt to the workers in shares by their pace, ``depth`` of
+    them in flight; the caller's thread only deals and collects. No GIL is shared: with many
+    cores the workers' decoding scales with them, where threads, each holding the GIL for the
+    Python between its decodes (and the caller's thread needing it between its forwards),
+    stopped at about four cores' worth on the 16-core GPU machine.
+
+    The pool's reader gives an unreadable image the label -1 (its row stays zeros) instead of
+    raising, which would fail the whole batch; ``reason(path)`` then says why, in the caller's
+    thread (an unreadable file is read twice: the rare case pays, not every image)."""
+
+    def __init__(self, paths: Sequence, pool, item_shape: tuple, batch_size: int,
+                 reason: Callable, depth: int = 3, on_failure: Callable | None = None,
+                 on_done: Callable | None = None):
+        self.paths = list(paths)
+        self.pool, self.item_shape = pool, tuple(item_shape)
+        self.batch_size = max(1, int(batch_size))
+        self.depth = max(1, int(depth))
+        self.reason, self.on_failure, self.on_done = reason, on_failure, on_done
+        self._start = pool.worker_cpu()
+
+    @property
+    def cpu_per_image(self) -> float | None:
+        rows, cpu = self.pool.worker_cpu()
+        rows, cpu = rows - self._start[0], cpu - self._start[1]
+        return cpu / rows if rows > 0 else None
+
+    def __iter__(self) -> Iterator[tuple[list, np.ndarray]]:
+        paths, item_shape, batch_size, pool = self.paths, self.item_shape, self.batch_size, \
+            self.pool
+        n = len(paths)
+        chunks = -(-n // batch_size)
+        in_flight: list = []
+        submitted = 0
+
+        def submit():
+            nonlocal submitted
+            lo, hi = submitted * batch_size, min(n, (submitted + 1) * batch_size)
+            jobs = [(i - lo, paths[i], (None, None, None)) for i in range(lo, hi)]
+            in_flight.append(pool.submit(jobs, (hi - lo,) + item_shape, item_shape))
+            submitted += 1
+
+        def flat(rows: np.ndarray) -> np.ndarray:
+            return rows.reshape((-1,) + item_shape[1:])
+
+        carry = None
+        carry_paths: list = []
+        try:
+            while submitted < min(self.depth, chunks):
+                submit()
+            for k in range(chunks):
+                data, labels = pool.collect(in_flight.pop(0))
+                if submitted < chunks:
+                    submit()
+                lo, hi = k * batch_size, min(n, (k + 1) * batch_size)
+                bad = [int(r) for r in np.flatnonzero(labels < 0)]
+                for r in bad:
+                    if self.on_failure is not None:
+                        self.on_failure(paths[lo + r], self.reason(paths[lo + r]))
+                if self.on_done is not None:
+                    self.on_done(hi - lo)
+                if not bad and not carry_paths:
+                    yield paths[lo:hi], flat(data)
+                else:
+                    if carry is None:
+                        carry = np.empty((batch_size,) + item_shape, np.float32)
+                    skip = set(bad)
+                    for r in range(hi - lo):
+                        if r in skip:
+                            continue
+                        carry[len(carry_paths)] = data[r]
+                        carry_paths.append(paths[lo + r])
+                        if len(carry_paths) == batch_size:
+                            yield carry_paths, flat(carry)
+                            carry_paths = []
+                del data
+            if carry_paths:
+                yield carry_paths, flat(carry[:len(carry_paths)])
+        finally:
+            for ticket in in_flight:    # the caller stopped early: let the workers finish
+                try:
+                    pool.collect(ticket)
+                except Exception:       # (a bad row of a batch nobody wants)
+                    pass
 
 
 class ForwardThreads:

@@ -91,6 +91,17 @@ class Preprocess:
                 dst *= self.scale
 
 
+class _CardError:
+    """The transformer's ``error(message, field)``: a UserError naming the model card (a class,
+    not a closure, so that the preprocessing pickles to a scorer's worker processes)."""
+
+    def __init__(self, where):
+        self.where = where
+
+    def __call__(self, message, field):
+        return UserError(message, path=self.where, field=field)
+
+
 class AsTrained:
     """The TEST phase of the training net, as a model card describes it."""
 
@@ -126,9 +137,7 @@ class AsTrained:
             from .score import read_mean
             param.mean_value.extend(float(v) for v in read_mean(mean))
 
-        def error(message, field):
-            return UserError(message, path=where, field=field)
-
+        error = _CardError(where)
         self.transformer = DataTransformer(param, caffe_pb2.TEST, error)
         self.scale = float(param.scale)
         self.mean_spec = param.mean_file or [round(float(v), 4) for v in param.mean_value]

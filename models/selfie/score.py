@@ -19,6 +19,7 @@ import os
 import pathlib
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from deepselfie.errors import UserError
 from deepselfie.files import atomic_open
 from models.caffe import image
 
-from .pipeline import ForwardThreads, PreparedBatches
+from .pipeline import ForwardThreads, PooledBatches, PreparedBatches
 from .preprocess import RESIZE_MODES, AsTrained, Preprocess, resize  # noqa: F401
 
 log = get_logger("score")
@@ -40,6 +41,53 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 BIG_BATCH = 64 << 20
 
 UnreadableImage = image.ImageError      # the one image error (kind "too_large" for the limit)
+
+# prepare="auto": a job of at least this many images, with at least PROCESS_MIN_WORKERS workers,
+# each image one net input, prepares them in worker processes, else in threads. Processes cost
+# a start (~0.3 s each: numpy and OpenCV imported) and, measured on the shared 2-core machine,
+# more CPU per image than threads (the small net scored 579 img/s with two processes, 752 with
+# two threads: there the GIL costs nothing, the forward needs one of the two cores anyway). On
+# the 16-core GPU machine threads stopped at ~4.8 cores' worth of preparing with 8 workers (the
+# GIL, held for the Python between decodes, and needed by the forward's thread too) where the
+# Data layer's worker processes, the same pool, made 6x one worker's images with 8.
+PROCESS_MIN_IMAGES = 256
+PROCESS_MIN_WORKERS = 3
+PREPARE = ("auto", "threads", "processes")
+
+
+class PoolPreparing:
+    """A scorer's preparing as the reader and the transformer of a ``DecodePool`` (pickled once
+    to each worker process): ``load`` decodes (label -1 and an empty image when the file cannot
+    be read: the batch goes on without it), ``transform`` writes the net input."""
+
+    def __init__(self, pre, min_side, item_shape):
+        self.pre, self.min_side, self.item_shape = pre, min_side, tuple(item_shape)
+
+    @staticmethod
+    def payload(path):
+        return None             # a path is small: the worker reads the file itself
+
+    @staticmethod
+    def describe(path):
+        return f"image {str(path)!r}"
+
+    def error(self, message):
+        return UserError(message)
+
+    def load(self, path):
+        try:
+            return load_bgr(path, min_side=self.min_side), 0.0
+        except UnreadableImage:
+            return np.zeros((0, 0, 3), np.uint8), -1.0
+
+    def output_shape(self, _shape):
+        return self.item_shape
+
+    def transform(self, img, _draws, out):
+        if img.size == 0:
+            out[...] = 0.0
+        else:
+            self.pre.into(img, out)
 
 
 def list_images(root, exclude=None) -> list[pathlib.Path]:
@@ -107,11 +155,12 @@ class Scorer:
     def __init__(self, deploy, weights, *, mean=None, resize="squash", base=None, scale=1.0,
                  batch_size=16, device=None, fast=False, good_class=1, output=None,
                  workers=None, card=None, fast_decode=False, compile="off",
-                 compile_cache=None, threads=None):
+                 compile_cache=None, threads=None, prepare="auto"):
         """``resize="trained"`` preprocesses as the model ``card`` says (``mean`` and ``scale``,
         when not None, override the card's); the other modes use ``mean``'s channel values.
         ``threads``: torch threads while scoring paths (None: chosen as it runs, see
-        models.selfie.pipeline.ForwardThreads); ``workers``: threads preparing images."""
+        models.selfie.pipeline.ForwardThreads); ``workers``: threads or processes preparing
+        images (``prepare``: auto, threads, processes; see PROCESS_MIN_IMAGES)."""
         from models import caffe
         from models.caffe.state import resolve_device
         self.deploy, self.weights = pathlib.Path(deploy), pathlib.Path(weights)
@@ -149,6 +198,12 @@ class Scorer:
         # compiled inference (models.caffe.compiled): runtime.compile, its cache folder, and the
         # number of images the current job will run (what "auto" weighs against the compile)
         self.compile, self.compile_cache, self.work_images = compile, compile_cache, None
+        # where images are prepared: worker threads or processes (PooledBatches)
+        if prepare not in PREPARE:
+            raise UserError(f"must be one of {', '.join(PREPARE)}", path="score.prepare",
+                            field=str(prepare))
+        self.prepare = prepare
+        self._pool = None
 
     @classmethod
     def from_card(cls, weights, **kw):
@@ -178,6 +233,40 @@ class Scorer:
         """An image file as this scorer reads it (BGR; large JPEGs decoded at reduced scale
         only with fast_decode)."""
         return load_bgr(path, min_side=self.pre.needed_side if self.fast_decode else None)
+
+    def uses_processes(self, images: int) -> bool:
+        """Whether a job of ``images`` prepares them in worker processes."""
+        if self.prepare == "threads" or self.pre.crops != 1:
+            return False
+        return self.prepare == "processes" or (self.workers >= PROCESS_MIN_WORKERS
+                                               and images >= PROCESS_MIN_IMAGES)
+
+    def pool(self, shape, depth):
+        """The worker processes (started with the first batch, kept for the next jobs, ended
+        with the scorer or the process)."""
+        from models.caffe.decode_pool import DecodePool
+        if self._pool is None or self._pool.in_flight != depth:
+            self.close()
+            prep = PoolPreparing(self.pre, self.pre.needed_side if self.fast_decode else None,
+                                 shape)
+            self._pool = DecodePool(self.workers, prep, prep, name="score", in_flight=depth,
+                                    here=False)
+            weakref.finalize(self, self._pool.close)
+        return self._pool
+
+    def close(self):
+        """End the worker processes, if any (they also end with this process)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _reason(self, path) -> str:
+        """Why a worker could not read ``path`` (read again here)."""
+        try:
+            self.load(path)
+        except UnreadableImage as e:
+            return str(e)
+        return "could not be read (it changed while it was scored)"
 
     def _prepare_into(self, path, out) -> str | None:
         """Write an image file's net input into ``out``; the reason when it is unreadable."""
@@ -249,10 +338,16 @@ class Scorer:
 
         shape = (self.pre.crops, 3, self.pre.height, self.pre.width)
         batch_bytes = 4 * self.batch_size * int(np.prod(shape))
-        batches = PreparedBatches(paths, self._prepare_into, shape, self.batch_size,
-                                  self.workers, depth=3 if batch_bytes <= BIG_BATCH else 2,
-                                  on_failure=skipped,
-                                  on_done=bar.update if bar is not None else None)
+        depth = 3 if batch_bytes <= BIG_BATCH else 2
+        done = bar.update if bar is not None else None
+        if self.uses_processes(len(paths)):
+            batches = PooledBatches(paths, self.pool(shape, depth), shape, self.batch_size,
+                                    self._reason, depth=depth, on_failure=skipped,
+                                    on_done=done)
+        else:
+            batches = PreparedBatches(paths, self._prepare_into, shape, self.batch_size,
+                                      self.workers, depth=depth, on_failure=skipped,
+                                      on_done=done)
         steps = iter(batches)
         if self.split is None or self.split.fixed != (self.threads or None):
             self.split = ForwardThreads(self.threads)
