@@ -211,10 +211,14 @@ class PooledBatches:
         self.batch_size = max(1, int(batch_size))
         self.depth = max(1, int(depth))
         self.reason, self.on_failure, self.on_done = reason, on_failure, on_done
-        self._start = pool.worker_cpu()
+        self._start = None
 
     @property
     def cpu_per_image(self) -> float | None:
+        """The workers' CPU seconds per image since the first batch (whose replies carry the
+        CPU a new worker spent starting: importing numpy and OpenCV)."""
+        if self._start is None:
+            return None
         rows, cpu = self.pool.worker_cpu()
         rows, cpu = rows - self._start[0], cpu - self._start[1]
         return cpu / rows if rows > 0 else None
@@ -244,6 +248,8 @@ class PooledBatches:
                 submit()
             for k in range(chunks):
                 data, labels = pool.collect(in_flight.pop(0))
+                if k == 0:
+                    self._start = pool.worker_cpu()
                 if submitted < chunks:
                     submit()
                 lo, hi = k * batch_size, min(n, (k + 1) * batch_size)
