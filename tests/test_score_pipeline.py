@@ -318,8 +318,8 @@ def test_a_killed_worker_process_is_one_clear_error(tmp_path, small_weights):
     os.kill(victim, signal.SIGKILL)
     with pytest.raises(RuntimeError, match="ended unexpectedly"):
         scorer.score_paths(paths, show_progress=False)
-    scorer.close()
-    # a new pool after close: scoring works again
+    assert not _alive(victim) and scorer._pool is None     # the broken pool was let go
+    # the next job starts a new pool: scoring works again
     results, failed = scorer.score_paths(paths, show_progress=False)
     assert len(results) == 18 and len(failed) == 5
     scorer.close()

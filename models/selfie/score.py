@@ -356,7 +356,12 @@ class Scorer:
                 first = True
                 while True:
                     started = time.perf_counter()
-                    step = next(steps, None)
+                    try:
+                        step = next(steps, None)
+                    except RuntimeError:    # a worker process died or failed: the next job
+                        if isinstance(batches, PooledBatches):      # starts a new pool
+                            self.close()
+                        raise
                     if step is None:
                         break
                     waited = time.perf_counter() - started
