@@ -191,6 +191,9 @@ class Scorer:
         self.batch_size = max(1, int(batch_size))
         self.good_class = good_class
         self.workers = workers or min(8, (os.cpu_count() or 2))
+        # worker processes: one core is the caller's (its forward, or feeding a GPU); they
+        # only run while there is room ahead of the net, so a CPU forward's cores stay its own
+        self.pool_workers = workers or max(2, min(32, (os.cpu_count() or 2) - 1))
         self.threads = threads or None
         self.split = None              # the ForwardThreads of the runs so far (what it measured)
         self.failed = []
@@ -249,8 +252,8 @@ class Scorer:
             self.close()
             prep = PoolPreparing(self.pre, self.pre.needed_side if self.fast_decode else None,
                                  shape)
-            self._pool = DecodePool(self.workers, prep, prep, name="score", in_flight=depth,
-                                    here=False)
+            self._pool = DecodePool(self.pool_workers, prep, prep, name="score",
+                                    in_flight=depth, here=False)
             weakref.finalize(self, self._pool.close)
         return self._pool
 
