@@ -31,7 +31,7 @@ def test_it_runs_and_reports_img_s_and_mfu(tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())
-    assert [row["mode"] for row in rows] == ["fp32", "fast (bf16)"]
+    assert [row["mode"] for row in rows] == ["fast (bf16)", "fp32"]     # bf16 first: the GPU row
     for row in rows:
         assert row["img_s"] > 0 and 0 < row["mfu"] < 2 and row["peak_from"].startswith("a measured")
     assert "MFU" in r.stdout and all(row["run"] == "eager" for row in rows)
