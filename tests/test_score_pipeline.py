@@ -354,3 +354,22 @@ def test_a_decompression_bomb_is_skipped_with_its_reason(tmp_path, small_weights
     reasons = dict(failed)
     assert "too many pixels" in reasons[bomb]
     assert len(results) == len(paths) - len(failed) and len(failed) == 5
+
+
+def test_a_job_beside_a_pooled_one_prepares_in_threads(tmp_path, small_weights):
+    """Two jobs of one scorer at once (two threads): the pool serves one, the other prepares in
+    threads; both give the right scores."""
+    paths = make_folder(tmp_path / "imgs", n=23)
+    scorer = Scorer(SMALL, small_weights, mean="104,117,123", batch_size=4, workers=2,
+                    prepare="processes")
+    alone = scorer.score_paths(paths, show_progress=False)
+    first = scorer.iter_batches(paths, show_progress=False)
+    next(first)                                   # the first job holds the pool
+    pool = scorer._pool
+    second = scorer.score_paths(paths, show_progress=False)
+    assert second == alone and scorer._pool is pool
+    assert _prepare_threads() == []              # (its threads were joined)
+    rest = [p for batch_paths, _ in first for p in batch_paths]
+    assert len(rest) == 18 - 4
+    assert scorer.score_paths(paths, show_progress=False) == alone      # the pool again
+    scorer.close()

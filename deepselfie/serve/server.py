@@ -69,6 +69,7 @@ class Reference:
         elif p.is_dir():
             log.info("scoring the reference folder %s", p)
             results, _ = scorer.score_paths(list_images(p))
+            scorer.close()          # no worker processes idle for the server's lifetime
             scores = [s for _, s in results]
         else:
             raise UserError("expected a scores.csv or a folder of images", path=p,

@@ -207,6 +207,7 @@ class Scorer:
                             field=str(prepare))
         self.prepare = prepare
         self._pool = None
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def from_card(cls, weights, **kw):
@@ -343,10 +344,17 @@ class Scorer:
         batch_bytes = 4 * self.batch_size * int(np.prod(shape))
         depth = 3 if batch_bytes <= BIG_BATCH else 2
         done = bar.update if bar is not None else None
-        if self.uses_processes(len(paths)):
-            batches = PooledBatches(paths, self.pool(shape, depth), shape, self.batch_size,
-                                    self._reason, depth=depth, on_failure=skipped,
-                                    on_done=done)
+        # one job at a time has the pool (its batches are collected in the order submitted);
+        # a job beside it, from another thread, prepares in threads
+        pooled = self.uses_processes(len(paths)) and self._pool_lock.acquire(blocking=False)
+        if pooled:
+            try:
+                pool = self.pool(shape, depth)
+            except BaseException:
+                self._pool_lock.release()
+                raise
+            batches = PooledBatches(paths, pool, shape, self.batch_size, self._reason,
+                                    depth=depth, on_failure=skipped, on_done=done)
         else:
             batches = PreparedBatches(paths, self._prepare_into, shape, self.batch_size,
                                       self.workers, depth=depth, on_failure=skipped,
@@ -362,7 +370,7 @@ class Scorer:
                     try:
                         step = next(steps, None)
                     except RuntimeError:    # a worker process died or failed: the next job
-                        if isinstance(batches, PooledBatches):      # starts a new pool
+                        if pooled:          # starts a new pool
                             self.close()
                         raise
                     if step is None:
@@ -374,6 +382,8 @@ class Scorer:
                     first = False
             finally:               # the caller stopped early (or failed): stop the workers
                 steps.close()
+                if pooled:
+                    self._pool_lock.release()
         if bar is not None:
             bar.close()
 
