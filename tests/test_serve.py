@@ -186,6 +186,20 @@ def test_reference_percentiles_and_multipart_parsing(tmp_path):
     assert parse_multipart(body, "multipart/form-data; boundary=XyZ") == b"\r\n--\x00\xff\r\n"
 
 
+def test_a_reference_folder_is_scored_and_its_workers_let_go(tmp_path, photos):
+    """serve.reference as a folder: scored at start (in worker processes here), sorted; the
+    processes do not stay for the server's lifetime."""
+    deploy, weights = bright_net(tmp_path)
+    scorer = Scorer(deploy, weights, mean="128,128,128", workers=2, prepare="processes")
+    (tmp_path / "ref").mkdir()
+    for name, data in photos.items():
+        (tmp_path / "ref" / f"{name}.jpg").write_bytes(data)
+    ref = Reference.load(tmp_path / "ref", scorer)
+    expected = sorted(expected_score(scorer, data) for data in photos.values())
+    assert ref.scores == pytest.approx(expected, abs=1e-6) and len(ref.scores) == len(photos)
+    assert scorer._pool is None
+
+
 def test_cli_serve_starts_answers_and_stops(tmp_path, photos):
     deploy, weights = bright_net(tmp_path)
     refdir = tmp_path / "ref"
