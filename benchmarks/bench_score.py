@@ -3,9 +3,10 @@
 For each net (the small 64x64 selfie net, batch 32, and the selfie VGG16 at 224, batch 8),
 exact fp32 (and with --modes fp32,fast also bf16 + channels_last): score a folder of 640x480
 JPEGs with the scoring module and the default preprocessing (as trained, from a model card: the
-label run's resize and JPEG round trip, mean image, scale; worker threads or processes, --prepare,
-prepare batches while the net runs, torch threads split automatically), and run the same number of images through
-net.forward on ready batches of the same size, at torch's default threads and at one thread.
+label run's resize and JPEG round trip, mean image, scale; worker threads or processes, as
+--prepare says, prepare batches while the net runs, torch threads split automatically), and run
+the same number of images through net.forward on ready batches of the same size, at torch's
+default threads and at one thread (on a GPU, --device cuda, the default threads only).
 Rounds alternate the three; the best of each is kept. "ratio" is score / the better raw forward.
 Goals (issue 16): small >= 0.7, VGG16 >= 0.95. "threads:batches" says which torch thread counts
 the scorer's forwards ran with (ForwardThreads), batches per count. Scoring costs the CPU of
