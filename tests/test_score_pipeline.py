@@ -1,8 +1,8 @@
-"""The pipelined scorer (worker threads preparing images into a ring of batch buffers while the
-net runs) gives exactly what reading and preparing the same files one at a time gives: the same
-scores, the same unreadable files with the same reasons, in path order; it stops its workers
-when the caller stops early and passes a worker's unexpected error on; torch's thread setting
-is restored."""
+"""The pipelined scorer (worker threads, or worker processes, preparing images into batch
+buffers while the net runs) gives exactly what reading and preparing the same files one at a
+time gives: the same scores, the same unreadable files with the same reasons, in path order; it
+stops its workers when the caller stops early and passes a worker's unexpected error (or death)
+on; torch's thread setting is restored, and the forward's threads climb to the fastest step."""
 import os
 import pathlib
 import signal
