@@ -100,6 +100,42 @@ def _work(state: _State, paths, prepare, buffers, batch_size):
                 cond.notify_all()
 
 
+class _Batcher:
+    """Batches of ``batch_size`` consecutive readable images, in path order, out of chunks of
+    prepared rows: a chunk without unreadable images is handed out as it is, without a copy;
+    after one, rows are copied into a batch of their own."""
+
+    def __init__(self, batch_size: int, item_shape: tuple):
+        self.batch_size, self.item_shape = batch_size, tuple(item_shape)
+        self.carry = None                   # the batch being assembled by copying
+        self.carry_paths: list = []
+
+    def _flat(self, rows: np.ndarray) -> np.ndarray:
+        return rows.reshape((-1,) + self.item_shape[1:])
+
+    def chunk(self, paths: list, rows: np.ndarray, bad: set) -> Iterator[tuple[list, np.ndarray]]:
+        """The batches a chunk completes: ``paths`` and their ``rows``, ``bad`` the indices of
+        the unreadable ones."""
+        if not bad and not self.carry_paths:
+            yield paths, self._flat(rows)                   # the buffer itself
+            return
+        if self.carry is None:
+            self.carry = np.empty((self.batch_size,) + self.item_shape, np.float32)
+        for r, path in enumerate(paths):
+            if r in bad:
+                continue
+            self.carry[len(self.carry_paths)] = rows[r]
+            self.carry_paths.append(path)
+            if len(self.carry_paths) == self.batch_size:
+                yield self.carry_paths, self._flat(self.carry)
+                self.carry_paths = []
+
+    def rest(self) -> Iterator[tuple[list, np.ndarray]]:
+        """The last, shorter batch, if any."""
+        if self.carry_paths:
+            yield self.carry_paths, self._flat(self.carry[:len(self.carry_paths)])
+
+
 class PreparedBatches:
     """Iterate ``(paths, inputs)``: up to ``batch_size`` readable images' inputs, an array of
     ``(len(paths) * item_shape[0],) + item_shape[1:]`` float32, valid until the next step.
@@ -142,12 +178,7 @@ class PreparedBatches:
         background.watch(state)     # a run left unfinished at exit: stopped and joined first
         for t in threads:
             t.start()
-        carry = None            # a batch assembled by copying, after an unreadable file
-        carry_paths: list = []
-
-        def flat(rows: np.ndarray) -> np.ndarray:
-            return rows.reshape((-1,) + tuple(item_shape[1:]))
-
+        batcher = _Batcher(batch_size, item_shape)
         try:
             for k in range(chunks):
                 with state.cond:
@@ -164,24 +195,11 @@ class PreparedBatches:
                         on_failure(paths[i], errors[i])
                 if on_done is not None:
                     on_done(hi - lo)
-                if not errors and not carry_paths:
-                    yield paths[lo:hi], flat(buf[:hi - lo])        # the buffer itself
-                else:
-                    if carry is None:
-                        carry = np.empty_like(buffers[0])
-                    for i in range(lo, hi):
-                        if i in errors:
-                            continue
-                        carry[len(carry_paths)] = buf[i - lo]
-                        carry_paths.append(paths[i])
-                        if len(carry_paths) == batch_size:
-                            yield carry_paths, flat(carry)
-                            carry_paths = []
+                yield from batcher.chunk(paths[lo:hi], buf[:hi - lo], {i - lo for i in errors})
                 with state.cond:
                     state.released += 1
                     state.cond.notify_all()
-            if carry_paths:
-                yield carry_paths, flat(carry[:len(carry_paths)])
+            yield from batcher.rest()
         finally:
             with state.cond:
                 state.stop = True
@@ -238,11 +256,7 @@ class PooledBatches:
             in_flight.append(pool.submit(jobs, (hi - lo,) + item_shape, item_shape))
             submitted += 1
 
-        def flat(rows: np.ndarray) -> np.ndarray:
-            return rows.reshape((-1,) + item_shape[1:])
-
-        carry = None
-        carry_paths: list = []
+        batcher = _Batcher(batch_size, item_shape)
         try:
             while submitted < min(self.depth, chunks):
                 submit()
@@ -259,23 +273,9 @@ class PooledBatches:
                         self.on_failure(paths[lo + r], self.reason(paths[lo + r]))
                 if self.on_done is not None:
                     self.on_done(hi - lo)
-                if not bad and not carry_paths:
-                    yield paths[lo:hi], flat(data)
-                else:
-                    if carry is None:
-                        carry = np.empty((batch_size,) + item_shape, np.float32)
-                    skip = set(bad)
-                    for r in range(hi - lo):
-                        if r in skip:
-                            continue
-                        carry[len(carry_paths)] = data[r]
-                        carry_paths.append(paths[lo + r])
-                        if len(carry_paths) == batch_size:
-                            yield carry_paths, flat(carry)
-                            carry_paths = []
+                yield from batcher.chunk(paths[lo:hi], data, set(bad))
                 del data
-            if carry_paths:
-                yield carry_paths, flat(carry[:len(carry_paths)])
+            yield from batcher.rest()
         finally:
             for ticket in in_flight:    # the caller stopped early: let the workers finish
                 try:
