@@ -373,3 +373,22 @@ def test_a_job_beside_a_pooled_one_prepares_in_threads(tmp_path, small_weights):
     assert len(rest) == 18 - 4
     assert scorer.score_paths(paths, show_progress=False) == alone      # the pool again
     scorer.close()
+
+
+def test_a_hostile_file_name_reaches_the_worker_processes_intact(tmp_path, small_weights):
+    """A stranger's file name with a byte that is not UTF-8 and a newline: it goes to a worker
+    process (pickled) and back as the same path, scored as in a thread."""
+    paths = make_folder(tmp_path / "imgs", n=6)
+    odd = os.fsdecode(os.fsencode(str(tmp_path / "imgs")) + b"/odd\xff\nname.jpg")
+    pathlib.Path(odd).write_bytes(paths[2].read_bytes())
+    paths.append(pathlib.Path(odd))
+    scores = {}
+    for prepare in ("threads", "processes"):
+        scorer = Scorer(SMALL, small_weights, mean="104,117,123", batch_size=2, workers=2,
+                        prepare=prepare)
+        results, failed = scorer.score_paths(paths, show_progress=False)
+        scorer.close()
+        scores[prepare] = dict(results)
+        assert [p.name for p, _ in failed] == ["f00.jpg", "f05.jpg"]
+    assert scores["threads"] == scores["processes"]
+    assert scores["processes"][pathlib.Path(odd)] == scores["processes"][paths[2]]
