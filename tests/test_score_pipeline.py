@@ -362,6 +362,7 @@ def test_a_job_beside_a_pooled_one_prepares_in_threads(tmp_path, small_weights):
     paths = make_folder(tmp_path / "imgs", n=23)
     scorer = Scorer(SMALL, small_weights, mean="104,117,123", batch_size=4, workers=2,
                     prepare="processes")
+    before = torch.get_num_threads()
     alone = scorer.score_paths(paths, show_progress=False)
     first = scorer.iter_batches(paths, show_progress=False)
     next(first)                                   # the first job holds the pool
@@ -371,6 +372,7 @@ def test_a_job_beside_a_pooled_one_prepares_in_threads(tmp_path, small_weights):
     assert _prepare_threads() == []              # (its threads were joined)
     rest = [p for batch_paths, _ in first for p in batch_paths]
     assert len(rest) == 18 - 4
+    assert torch.get_num_threads() == before     # the two jobs' thread settings undone
     assert scorer.score_paths(paths, show_progress=False) == alone      # the pool again
     scorer.close()
 

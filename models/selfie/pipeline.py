@@ -312,8 +312,9 @@ class ForwardThreads:
     whether it was the first batch of a run (its wait and warm-up are not a rate); returns and
     sets the threads for the next one. "All" is torch's own setting on entering (its default:
     the cores; runtime.threads when set). With ``threads`` given, that many are used
-    throughout. Torch's setting is restored on leaving; what was measured is kept for the next
-    run (a Scorer keeps one)."""
+    throughout. Torch's setting is restored on leaving (by the last of jobs that overlap: the
+    setting is the process's); what was measured is kept for the next run (a Scorer keeps
+    one)."""
 
     NET_BOUND = 0.1     # preparing a batch costs under this share of its forward: keep all
     RETRY = 16          # batches between tries of a neighbouring setting
@@ -327,10 +328,16 @@ class ForwardThreads:
         self.since_try = 0
         self.upward = True                             # the way the next try goes, both known
         self.previous = None
+        self._jobs = 0                                 # jobs inside (a scorer's, at once)
+        self._entering = threading.Lock()
 
     def __enter__(self):
         import torch
-        self.previous = torch.get_num_threads()
+        with self._entering:
+            self._jobs += 1
+            if self._jobs > 1:      # a job beside one already running: torch's setting is
+                return self         # the process's, the first job's settings stay
+            self.previous = torch.get_num_threads()
         most = self.fixed or self.previous
         if most != self.most:
             self.rates.clear()
@@ -341,7 +348,10 @@ class ForwardThreads:
 
     def __exit__(self, *exc):
         import torch
-        torch.set_num_threads(self.previous)
+        with self._entering:
+            self._jobs -= 1
+            if self._jobs == 0:     # the last job out restores what was there before the first
+                torch.set_num_threads(self.previous)
 
     def _set(self, threads: int):
         import torch
