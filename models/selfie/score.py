@@ -51,7 +51,7 @@ UnreadableImage = image.ImageError      # the one image error (kind "too_large" 
 # GIL, held for the Python between decodes, and needed by the forward's thread too) where the
 # Data layer's worker processes, the same pool, made 6x one worker's images with 8.
 PROCESS_MIN_IMAGES = 256
-PROCESS_MIN_WORKERS = 3
+PROCESS_MIN_WORKERS = 4      # (the default workers: one a core, up to 8)
 PREPARE = ("auto", "threads", "processes")
 
 
