@@ -17,4 +17,10 @@ class UserError(CaffeError):
     exit_code = 2
 
 
-__all__ = ["CaffeError", "UserError"]
+def shortened(text: str, limit: int = 40) -> str:
+    """A value from a stranger's file cut to ``limit`` characters (and "...") for a one-line
+    message."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+__all__ = ["CaffeError", "UserError", "shortened"]

@@ -17,7 +17,7 @@ import urllib.request
 
 from deepselfie.catalog import Catalog, MediaRecord, PostRecord, to_iso
 from deepselfie.console import progress
-from deepselfie.errors import UserError
+from deepselfie.errors import UserError, shortened
 from deepselfie.tally import Tally
 
 from .counters import IMAGES_KEPT, IMAGES_SKIPPED, POSTS_NEW, POSTS_SEEN_AGAIN
@@ -81,9 +81,8 @@ def _row_to_post(row: dict, folder: pathlib.Path, imported_at: str, where: str) 
         value = text(name)
         n = parse_count(value)
         if n is None:
-            shown = value if len(value) <= 40 else value[:40] + "..."
             raise UserError(f"must be a whole number 0 <= n < 2**63 in ASCII digits, not "
-                            f"{shown!r}", path=where, field=name)
+                            f"{shortened(value)!r}", path=where, field=name)
         return n
 
     def when(name, default=None):
@@ -103,9 +102,8 @@ def _row_to_post(row: dict, folder: pathlib.Path, imported_at: str, where: str) 
         path = (folder / name).resolve()
         is_file = path.is_file()
     except (ValueError, OSError) as e:     # a NUL byte, a name longer than the system takes
-        shown = name if len(name) <= 40 else name[:40] + "..."
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise UserError(f"not a usable file name ({reason}): {shown!r}", path=where,
+        raise UserError(f"not a usable file name ({reason}): {shortened(name)!r}", path=where,
                         field="file") from None
     if not is_file:
         raise UserError(f"no such file: {folder / name}", path=where, field="file")

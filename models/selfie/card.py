@@ -26,7 +26,7 @@ import math
 import pathlib
 import re
 
-from deepselfie.errors import UserError
+from deepselfie.errors import UserError, shortened
 from deepselfie.files import atomic_write
 
 CARD_VERSION = 1
@@ -132,9 +132,8 @@ def _check_fields(card: dict, path) -> None:
         if key not in holder and name in _REQUIRED:
             raise UserError(f"missing (it must be {what})", path=path, field=name)
         if key in holder and not ok(holder[key]):
-            shown = json.dumps(holder[key])
-            shown = shown if len(shown) <= 40 else shown[:40] + "..."
-            raise UserError(f"must be {what}, not {shown}", path=path, field=name)
+            raise UserError(f"must be {what}, not {shortened(json.dumps(holder[key]))}",
+                            path=path, field=name)
 
 
 def missing_card_message(weights) -> str:

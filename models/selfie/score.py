@@ -24,7 +24,7 @@ import weakref
 import numpy as np
 
 from deepselfie.console import get_logger, progress
-from deepselfie.errors import UserError
+from deepselfie.errors import UserError, shortened
 from deepselfie.files import atomic_open
 from models.caffe import image
 
@@ -435,10 +435,9 @@ def read_scores(csv_path) -> list[tuple[pathlib.Path, float]]:
     return rows
 
 
-def _shown(value, limit=40) -> str:
-    """A value from a stranger's file, shortened for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+def _shown(value) -> str:
+    """A value from a stranger's file, as Python writes it, shortened for a one-line message."""
+    return shortened(repr(value))
 
 
 def write_scores(results, out, *, as_json=False, root=None):
