@@ -114,6 +114,21 @@ def run_cli(*args, cwd=None, env=None, timeout=600, input=None):
                           input=input)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, ended but not yet waited for, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.fixture
 def cli():
     """The deepselfie command of this checkout: ``cli("label", "--set", ...)``."""

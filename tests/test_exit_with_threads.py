@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, process_alive
 
 import models.caffe as caffe
 from models.caffe import image as cvimage
@@ -145,21 +145,6 @@ def test_a_script_leaving_a_pooled_scoring_run_unfinished_exits_cleanly(image_li
     workers = [int(p) for p in pids.read_text().split()]
     assert len(workers) == 6                      # two for each of the three runs
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+    while time.monotonic() < deadline and any(process_alive(p) for p in workers):
         time.sleep(0.1)
-    assert not any(_alive(p) for p in workers)
-
-
-def _alive(pid):
-    import os
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:     # a zombie is not alive
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not any(process_alive(p) for p in workers)

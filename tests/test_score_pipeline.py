@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import models.caffe as caffe
+from conftest import process_alive
 from deepselfie.errors import UserError
 from models.selfie.pipeline import ForwardThreads, PreparedBatches
 from models.selfie.score import Scorer, UnreadableImage, load_bgr
@@ -283,22 +284,13 @@ def test_forward_threads_ladder():
     assert ladder(16) == [1, 2, 4, 8, 16]
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:         # a zombie is not alive
-        return f.read().split(")")[-1].split()[0] != "Z"
-
-
 def test_worker_processes_are_kept_between_jobs_and_end_with_close(tmp_path, small_weights):
     paths = make_folder(tmp_path / "imgs", n=23)
     scorer = Scorer(SMALL, small_weights, mean="104,117,123", batch_size=4, workers=2,
                     prepare="processes")
     first = scorer.score_paths(paths, show_progress=False)
     pids = scorer._pool.worker_pids()
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    assert len(pids) == 2 and all(process_alive(p) for p in pids)
     # stopping after one batch leaves the pool in step: the next job is whole and the same
     batches = scorer.iter_batches(paths, show_progress=False)
     next(batches)
@@ -306,7 +298,7 @@ def test_worker_processes_are_kept_between_jobs_and_end_with_close(tmp_path, sma
     assert scorer.score_paths(paths, show_progress=False) == first
     assert scorer._pool.worker_pids() == pids                  # the same processes
     scorer.close()
-    assert not any(_alive(p) for p in pids)
+    assert not any(process_alive(p) for p in pids)
 
 
 def test_a_killed_worker_process_is_one_clear_error(tmp_path, small_weights):
@@ -318,7 +310,7 @@ def test_a_killed_worker_process_is_one_clear_error(tmp_path, small_weights):
     os.kill(victim, signal.SIGKILL)
     with pytest.raises(RuntimeError, match="ended unexpectedly"):
         scorer.score_paths(paths, show_progress=False)
-    assert not _alive(victim) and scorer._pool is None     # the broken pool was let go
+    assert not process_alive(victim) and scorer._pool is None     # the broken pool was let go
     # the next job starts a new pool: scoring works again
     results, failed = scorer.score_paths(paths, show_progress=False)
     assert len(results) == 18 and len(failed) == 5
