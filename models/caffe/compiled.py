@@ -137,6 +137,7 @@ class _Program(torch.nn.Module):
         self.input_ids, self.output_ids = list(input_ids), list(output_ids)
         self.device, self.fast = net.device, net.fast
         slots = {}
+        self.owners = {}                # parameter name -> its blob (a shared blob is one)
         self.plan = []
         for li, layer in enumerate(net.layers):
             if layer.is_source:
@@ -146,6 +147,7 @@ class _Program(torch.nn.Module):
                 name = slots.get(id(blob))
                 if name is None:
                     name = slots[id(blob)] = f"p{len(slots)}"
+                    self.owners[name] = blob
                     self._hold(name, blob)
                 names.append(name)
             self.plan.append((layer, net.bottom_ids[li], net.top_ids[li], names))

@@ -51,7 +51,6 @@ class _TrainProgram(_Program):
         t = blob.tensor
         self.register_parameter(name, torch.nn.Parameter(t.detach(),
                                                          requires_grad=t.requires_grad))
-        vars(self).setdefault("owners", {})[name] = blob
 
     def _tracing(self):
         return loss_layers.label_flags()
