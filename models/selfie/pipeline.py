@@ -361,7 +361,7 @@ class ForwardThreads:
 
     def _neighbour(self) -> int:
         """The step to try next: beside the current one, not measured yet first."""
-        i = min(range(len(self.ladder)), key=lambda k: abs(self.ladder[k] - self.current))
+        i = self.ladder.index(self.current)    # (every setting it makes is a step)
         near = [self.ladder[k] for k in (i + 1, i - 1) if 0 <= k < len(self.ladder)]
         unknown = [t for t in near if t not in self.rates]
         if unknown:
