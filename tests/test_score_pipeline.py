@@ -317,18 +317,39 @@ def test_a_killed_worker_process_is_one_clear_error(tmp_path, small_weights):
     scorer.close()
 
 
-def test_auto_prepares_large_jobs_on_enough_cores_in_processes(small_weights):
+def test_auto_prepares_in_threads_for_a_net_on_the_cpu(small_weights):
     from models.selfie.score import PROCESS_MIN_IMAGES, PROCESS_MIN_WORKERS
-    auto = Scorer(SMALL, small_weights, mean="104,117,123", workers=PROCESS_MIN_WORKERS)
-    assert auto.uses_processes(PROCESS_MIN_IMAGES)
-    assert not auto.uses_processes(PROCESS_MIN_IMAGES - 1)       # a start is not paid back
-    few = Scorer(SMALL, small_weights, mean="104,117,123", workers=PROCESS_MIN_WORKERS - 1)
-    assert not few.uses_processes(10 * PROCESS_MIN_IMAGES)       # 2 cores: threads are faster
+    auto = Scorer(SMALL, small_weights, mean="104,117,123", workers=4 * PROCESS_MIN_WORKERS)
+    assert auto.net.device.type == "cpu"
+    assert not auto.uses_processes(100 * PROCESS_MIN_IMAGES)     # the forward wants the cores
+    asked = Scorer(SMALL, small_weights, mean="104,117,123", prepare="processes")
+    assert asked.uses_processes(1)
     ten = Scorer(SMALL, small_weights, mean="104,117,123", resize="oversample",
                  workers=PROCESS_MIN_WORKERS, prepare="processes")
     assert not ten.uses_processes(10 * PROCESS_MIN_IMAGES)       # ten inputs an image
     with pytest.raises(UserError, match="score.prepare"):
         Scorer(SMALL, small_weights, mean="104,117,123", prepare="fork")
+
+
+@pytest.mark.gpu
+def test_a_gpu_net_prepares_large_jobs_in_processes_and_scores_as_the_cpu(tmp_path, small_weights):
+    from models.selfie.score import PROCESS_MIN_IMAGES, PROCESS_MIN_WORKERS
+    gpu = Scorer(SMALL, small_weights, mean="104,117,123", batch_size=4, device="cuda",
+                 workers=PROCESS_MIN_WORKERS)
+    assert gpu.uses_processes(PROCESS_MIN_IMAGES)
+    assert not gpu.uses_processes(PROCESS_MIN_IMAGES - 1)        # a start is not paid back
+    few = Scorer(SMALL, small_weights, mean="104,117,123", device="cuda",
+                 workers=PROCESS_MIN_WORKERS - 1)
+    assert not few.uses_processes(10 * PROCESS_MIN_IMAGES)
+    paths = make_folder(tmp_path / "imgs")
+    gpu.prepare = "processes"
+    on_gpu, gpu_failed = gpu.score_paths(paths, show_progress=False)
+    gpu.close()
+    cpu = Scorer(SMALL, small_weights, mean="104,117,123", batch_size=4, prepare="threads")
+    on_cpu, cpu_failed = cpu.score_paths(paths, show_progress=False)
+    assert gpu_failed == cpu_failed and len(on_gpu) == len(on_cpu) == len(paths) - 5
+    cpu_scores = dict(on_cpu)
+    assert max(abs(s - cpu_scores[p]) for p, s in on_gpu) < 1e-5
 
 
 @pytest.mark.parametrize("prepare", ["threads", "processes"])

@@ -42,14 +42,17 @@ BIG_BATCH = 64 << 20
 
 UnreadableImage = image.ImageError      # the one image error (kind "too_large" for the limit)
 
-# prepare="auto": a job of at least this many images, with at least PROCESS_MIN_WORKERS workers,
-# each image one net input, prepares them in worker processes, else in threads. Processes cost
-# a start (~0.3 s each: numpy and OpenCV imported) and, measured on the shared 2-core machine,
-# more CPU per image than threads (the small net scored 579 img/s with two processes, 752 with
-# two threads: there the GIL costs nothing, the forward needs one of the two cores anyway). On
-# the 16-core GPU machine threads stopped at ~4.8 cores' worth of preparing with 8 workers (the
-# GIL, held for the Python between decodes, and needed by the forward's thread too) where the
-# Data layer's worker processes, the same pool, made 6x one worker's images with 8.
+# prepare="auto": a job of at least this many images, each image one net input, whose net runs
+# on a GPU with at least PROCESS_MIN_WORKERS workers prepares them in worker processes, else in
+# threads. Measured with benchmarks/bench_score.py (--prepare threads,processes), score img/s:
+#   16-core H200 machine, CUDA   small net 1366 threads / 2757 processes; VGG16 fp32 440 / 529,
+#                                bf16 776 / 944 (threads stop at ~5 cores' worth of preparing:
+#                                the GIL, held for the Python between decodes)
+#   the same 16 cores, CPU net   small net 1023 threads / 731 processes
+#   2-core machine, CPU net      small net 907 threads / 617 processes
+# A forward on the CPU wants the cores the worker processes would take (there threads and the
+# forward's measured thread count share them better), and processes cost a start (~0.3 s each:
+# numpy and OpenCV imported): on the GPU they pay, on the CPU they do not.
 PROCESS_MIN_IMAGES = 256
 PROCESS_MIN_WORKERS = 4      # (the default workers: one a core, up to 8)
 PREPARE = ("auto", "threads", "processes")
@@ -242,7 +245,8 @@ class Scorer:
         """Whether a job of ``images`` prepares them in worker processes."""
         if self.prepare == "threads" or self.pre.crops != 1:
             return False
-        return self.prepare == "processes" or (self.workers >= PROCESS_MIN_WORKERS
+        return self.prepare == "processes" or (self.net.device.type != "cpu"
+                                               and self.workers >= PROCESS_MIN_WORKERS
                                                and images >= PROCESS_MIN_IMAGES)
 
     def pool(self, shape, depth):
