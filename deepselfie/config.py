@@ -112,7 +112,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                           "pixels than training saw)"),
         "batch_size": _k(int, 16, "images per forward pass", rule=at_least(1)),
         "prepare": _k(str, "auto", "where images are decoded and prepared while the net runs: "
-                      "threads, processes, or auto (processes for large jobs on 4+ cores)",
+                      "threads, processes, or auto (processes for large jobs of a net on a "
+                      "GPU, on 4 cores or more)",
                       choices=("auto", "threads", "processes")),
         "top": _k(int, 24, "images on the top-N contact sheet", rule=at_least(1)),
         "good_class": _k(int, 1, "softmax index of the 'good' class", rule=at_least(0)),

@@ -74,10 +74,7 @@ def add_model_options(p):
                      "was trained on")
     add_setting(g, "--batch-size", key="score.batch_size", metavar="N",
                 help="images per forward pass")
-    add_setting(g, "--prepare", key="score.prepare",
-                help="where images are decoded and prepared while the net runs: threads, "
-                     "processes, or auto (processes for large jobs of a net on a GPU, on 4 "
-                     "cores or more)")
+    add_setting(g, "--prepare", key="score.prepare")
     add_setting(g, "--device", key="runtime.device", help="cpu, cuda, cuda:N or auto")
     add_setting(g, "--fast", key="runtime.fast", help="bf16 + channels_last (--no-fast: exact)")
     p.set_defaults(nets=ANY_ENGINE)

@@ -58,8 +58,10 @@ class _SetKey(argparse.Action):
 
 def add_setting(parser, *flags: str, key: str, help: str = "", metavar=None, **kw):
     """Add an option (``flags``, e.g. "--batch-size" or "-model", "--model") that sets config key
-    ``key`` ("section.name") when given. ``help`` is shown with the key appended."""
+    ``key`` ("section.name") when given. ``help`` (the key's own help text when empty) is
+    shown with the key appended."""
     k = schema_key(key)
+    help = help or k.help
     if k.type in (int, float):
         kw.setdefault("type", k.type)
     elif k.type is list and k.item in (int, float):
